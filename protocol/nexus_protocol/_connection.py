@@ -1,0 +1,359 @@
+"""The sans-I/O connection: bytes in, events out; messages in, bytes out.
+
+Like h11 and wsproto, a `Connection` owns no socket, no task and no clock. The
+caller feeds it what arrived (`receive_data`), takes events out of it
+(`next_event`) and writes what `send` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import attrs
+
+from ._codec import FRAME_HEADER, decode_body, encode_body, validate
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._limits import DEFAULT_LIMITS, Limits
+from ._messages import Error, Hello, Message, Role, Welcome
+
+__all__ = [
+    "NEED_DATA",
+    "PROTOCOL_VERSIONS",
+    "Connection",
+    "ConnectionClosed",
+    "Framing",
+    "NeedData",
+    "Side",
+    "State",
+    "TRANSITIONS",
+]
+
+#: The protocol versions this implementation speaks, newest last.
+PROTOCOL_VERSIONS: Final = (1,)
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class Framing(enum.Enum):
+    """STREAM: 4-byte length prefix per body. MESSAGE: one transport message
+    (a WebSocket binary message) per body; each `receive_data` is one body."""
+
+    STREAM = "stream"
+    MESSAGE = "message"
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # nothing said yet
+    HANDSHAKE = "handshake"  # hello on the wire, welcome not yet
+    OPEN = "open"  # requests, replies and events flow
+    DRAINING = "draining"  # shutdown said: replies still flow, no new requests
+    CLOSED = "closed"  # the end: the transport may be closed
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = "need_data"
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+@attrs.frozen
+class ConnectionClosed:
+    """The peer closed the transport (`receive_data(b"")`)."""
+
+
+# Direction of a message as this connection sees it.
+_SEND, _RECV = "send", "recv"
+
+# {(side, state): {(direction, role): next_state}}; a missing entry is a
+# protocol error. An `error` reply with no id during the handshake counts as
+# Role.SHUTDOWN: it refuses the connection.
+TRANSITIONS: Final[dict[tuple[Side, State], dict[tuple[str, Role], State]]] = {
+    (Side.CLIENT, State.IDLE): {
+        (_SEND, Role.HELLO): State.HANDSHAKE,
+    },
+    (Side.CLIENT, State.HANDSHAKE): {
+        (_RECV, Role.WELCOME): State.OPEN,
+        (_RECV, Role.SHUTDOWN): State.CLOSED,
+    },
+    (Side.CLIENT, State.OPEN): {
+        (_SEND, Role.REQUEST): State.OPEN,
+        (_RECV, Role.REPLY): State.OPEN,
+        (_RECV, Role.EVENT): State.OPEN,
+        (_RECV, Role.SHUTDOWN): State.DRAINING,
+    },
+    (Side.CLIENT, State.DRAINING): {
+        (_RECV, Role.REPLY): State.DRAINING,
+        (_RECV, Role.EVENT): State.DRAINING,
+        (_RECV, Role.SHUTDOWN): State.DRAINING,
+    },
+    (Side.SERVER, State.IDLE): {
+        (_RECV, Role.HELLO): State.HANDSHAKE,
+    },
+    (Side.SERVER, State.HANDSHAKE): {
+        (_SEND, Role.WELCOME): State.OPEN,
+        (_SEND, Role.SHUTDOWN): State.CLOSED,
+    },
+    (Side.SERVER, State.OPEN): {
+        (_RECV, Role.REQUEST): State.OPEN,
+        (_SEND, Role.REPLY): State.OPEN,
+        (_SEND, Role.EVENT): State.OPEN,
+        (_SEND, Role.SHUTDOWN): State.DRAINING,
+    },
+    (Side.SERVER, State.DRAINING): {
+        # Requests that crossed the shutdown on the wire are answered with
+        # `unavailable`; nothing new is started.
+        (_RECV, Role.REQUEST): State.DRAINING,
+        (_SEND, Role.REPLY): State.DRAINING,
+        (_SEND, Role.EVENT): State.DRAINING,
+        (_SEND, Role.SHUTDOWN): State.DRAINING,
+    },
+    # After a fatal error the server may still say why, once, before closing.
+    (Side.SERVER, State.CLOSED): {
+        (_SEND, Role.SHUTDOWN): State.CLOSED,
+    },
+}
+
+
+def _role(message: Message) -> Role:
+    if isinstance(message, Error) and message.id is None:
+        return Role.SHUTDOWN
+    return message.ROLE
+
+
+class Connection:
+    """One end of a nexus protocol connection.
+
+    Args:
+        side: CLIENT or SERVER.
+        framing: STREAM for byte streams (Unix socket), MESSAGE for WebSocket.
+        limits: the bounds this side enforces on what it receives and sends.
+        versions: the protocol versions this side speaks.
+    """
+
+    def __init__(self, side: Side, *, framing: Framing = Framing.STREAM,
+                 limits: Limits = DEFAULT_LIMITS,
+                 versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
+        self.side = side
+        self.framing = framing
+        self.limits = limits
+        self.versions = versions
+        self.version: int | None = None
+        self.state = State.IDLE
+        self._buffer = bytearray()
+        self._bodies: list[bytes] = []
+        self._eof = False
+        self._next_id = 1
+        # Client: ids sent and not yet answered. Server: ids received and not
+        # yet answered.
+        self._in_flight: set[int] = set()
+
+    # ------------------------------------------------------------- inspection
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet turned into events."""
+        return len(self._buffer) + sum(len(b) for b in self._bodies)
+
+    @property
+    def in_flight(self) -> frozenset[int]:
+        """Request ids awaiting their reply."""
+        return frozenset(self._in_flight)
+
+    def next_request_id(self) -> int:
+        """A fresh request id (client side)."""
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    # ---------------------------------------------------------------- receive
+
+    def receive_data(self, data: bytes) -> None:
+        """Feeds bytes from the transport; b"" means the peer closed it.
+
+        With MESSAGE framing each call must be exactly one body.
+
+        Raises:
+            RemoteProtocolError: `too_large` when a message-framed body exceeds
+                the frame limit (nothing of it is kept).
+        """
+        if self._eof and data:
+            raise LocalProtocolError("data received after end of stream")
+        if not data:
+            self._eof = True
+            return
+        if self.framing is Framing.MESSAGE:
+            if len(data) > self.limits.max_frame:
+                raise self._fail(RemoteProtocolError(
+                    f"frame of {len(data)} bytes exceeds the limit of {self.limits.max_frame}",
+                    ErrorCode.TOO_LARGE, fatal=True,
+                ))
+            self._bodies.append(bytes(data))
+        else:
+            self._buffer += data
+
+    def _next_body(self) -> bytes | None:
+        if self.framing is Framing.MESSAGE:
+            return self._bodies.pop(0) if self._bodies else None
+        buf = self._buffer
+        if len(buf) < FRAME_HEADER.size:
+            return None
+        (length,) = FRAME_HEADER.unpack_from(buf)
+        if length > self.limits.max_frame:
+            raise self._fail(RemoteProtocolError(
+                f"frame of {length} bytes exceeds the limit of {self.limits.max_frame}",
+                ErrorCode.TOO_LARGE, fatal=True,
+            ))
+        end = FRAME_HEADER.size + length
+        if len(buf) < end:
+            return None
+        body = bytes(buf[FRAME_HEADER.size:end])
+        del buf[:end]
+        return body
+
+    def next_event(self) -> Message | NeedData | ConnectionClosed:
+        """The next complete message, NEED_DATA, or ConnectionClosed at EOF.
+
+        Raises:
+            RemoteProtocolError: the peer sent something invalid. When `fatal`
+                is false the stream is still in sync: answer with the error's
+                code (to `request_id` if set) and carry on.
+        """
+        if self.state is State.CLOSED:
+            return ConnectionClosed() if self._eof else NEED_DATA
+        body = self._next_body()
+        if body is None:
+            if self._eof:
+                if self._buffer:
+                    raise self._fail(RemoteProtocolError(
+                        "connection closed inside a frame", ErrorCode.BAD_REQUEST, fatal=True))
+                self.state = State.CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        try:
+            message = decode_body(body, self.limits)
+        except RemoteProtocolError as exc:
+            if self.state in (State.IDLE, State.HANDSHAKE) or exc.fatal:
+                exc.fatal = True
+                raise self._fail(exc) from None
+            rid = exc.request_id
+            if self.side is Side.SERVER and rid is not None:
+                # The frame was a request we cannot serve: it is answered with
+                # the error, so its id is in flight until then.
+                if rid in self._in_flight:
+                    exc.request_id = None
+                else:
+                    self._in_flight.add(rid)
+            else:
+                exc.request_id = None
+            raise
+        self._advance(_RECV, message)
+        return message
+
+    # ------------------------------------------------------------------- send
+
+    def send(self, message: Message) -> bytes:
+        """The bytes to write for `message`.
+
+        Raises:
+            LocalProtocolError: the message is not allowed in this state, its
+                fields are invalid, or its body exceeds the frame limit.
+        """
+        try:
+            validate(message, self.limits)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from None
+        self._advance(_SEND, message)
+        return self._frame(encode_body(message))
+
+    def send_encoded(self, body: bytes) -> bytes:
+        """The bytes to write for an event body already encoded (server side).
+
+        Fan-out encodes an event once and sends the same body to every
+        subscriber; this frames it without decoding it again.
+
+        Raises:
+            LocalProtocolError: the connection cannot carry events now.
+        """
+        allowed = TRANSITIONS.get((self.side, self.state), {})
+        if (_SEND, Role.EVENT) not in allowed:
+            raise LocalProtocolError(f"cannot send an event in state {self.state.value}")
+        return self._frame(body)
+
+    def _frame(self, body: bytes) -> bytes:
+        if len(body) > self.limits.max_frame:
+            raise LocalProtocolError(
+                f"frame of {len(body)} bytes exceeds the limit of {self.limits.max_frame}",
+                ErrorCode.TOO_LARGE,
+            )
+        if self.framing is Framing.MESSAGE:
+            return body
+        return FRAME_HEADER.pack(len(body)) + body
+
+    # ------------------------------------------------------------ state table
+
+    def _advance(self, direction: str, message: Message) -> None:
+        role = _role(message)
+        allowed = TRANSITIONS.get((self.side, self.state), {})
+        nxt = allowed.get((direction, role))
+        if nxt is None:
+            text = (f"{self.side.value} cannot {direction} {message.TAG!r} "
+                    f"in state {self.state.value}")
+            if direction == _SEND:
+                raise LocalProtocolError(text)
+            rid = getattr(message, "id", None) if role is Role.REQUEST else None
+            fatal = self.state in (State.IDLE, State.HANDSHAKE)
+            err = RemoteProtocolError(text, ErrorCode.BAD_REQUEST, fatal=fatal, request_id=rid)
+            raise self._fail(err) if fatal else err
+        self._track(direction, role, message)
+        self.state = nxt
+
+    def _track(self, direction: str, role: Role, message: Message) -> None:
+        if role is Role.HELLO:
+            assert isinstance(message, Hello)
+            if direction == _RECV:
+                common = set(message.versions) & set(self.versions)
+                if not common:
+                    raise self._fail(RemoteProtocolError(
+                        f"no common protocol version: client speaks {message.versions}, "
+                        f"server speaks {list(self.versions)}",
+                        ErrorCode.UNSUPPORTED_VERSION, fatal=True,
+                    ))
+                self.version = max(common)
+        elif role is Role.WELCOME:
+            assert isinstance(message, Welcome)
+            if direction == _RECV and message.version not in self.versions:
+                raise self._fail(RemoteProtocolError(
+                    f"server chose protocol version {message.version}, "
+                    f"which this client does not speak", ErrorCode.UNSUPPORTED_VERSION,
+                    fatal=True,
+                ))
+            if direction == _SEND and message.version != self.version:
+                raise LocalProtocolError(
+                    f"welcome must carry the negotiated version {self.version}")
+            self.version = message.version
+        elif role is Role.REQUEST:
+            rid: int = message.id  # type: ignore[attr-defined]
+            if rid in self._in_flight:
+                if direction == _SEND:
+                    raise LocalProtocolError(f"request id {rid} is already in flight")
+                raise RemoteProtocolError(f"request id {rid} is already in flight",
+                                          request_id=None)
+            self._in_flight.add(rid)
+        elif role is Role.REPLY:
+            rid = message.id  # type: ignore[attr-defined]
+            if rid not in self._in_flight:
+                if direction == _SEND:
+                    raise LocalProtocolError(f"no request {rid} to answer")
+                raise RemoteProtocolError(f"reply to unknown request id {rid}")
+            self._in_flight.discard(rid)
+
+    def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        self.state = State.CLOSED
+        self._buffer.clear()
+        self._bodies.clear()
+        return exc

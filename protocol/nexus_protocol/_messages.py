@@ -1,0 +1,629 @@
+"""Every message of protocol v1 as a frozen attrs class, and the tag table.
+
+A message travels as a msgpack map: the key ``"t"`` holds the tag, the other
+keys are the fields below under the same names. Each field declares its wire
+kind (see `Kind`), which the codec checks on the way in. `protocol/SPEC.md` is
+the normative description of the same catalogue.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, TypeVar
+
+import attrs
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Analytics",
+    "Attach",
+    "Attached",
+    "Change",
+    "Create",
+    "Created",
+    "Delete",
+    "Detach",
+    "Error",
+    "Expired",
+    "Get",
+    "Grant",
+    "Granted",
+    "Hello",
+    "Invalidate",
+    "Invalidated",
+    "Kind",
+    "Lagged",
+    "ListSessions",
+    "Message",
+    "Ok",
+    "Patch",
+    "Ping",
+    "Pong",
+    "Presence",
+    "Progress",
+    "Renew",
+    "Renewed",
+    "Report",
+    "Result",
+    "Role",
+    "Run",
+    "RunStarted",
+    "Sessions",
+    "Set",
+    "Shutdown",
+    "Snapshot",
+    "State",
+    "Stats",
+    "Summary",
+    "SwitchBegin",
+    "SwitchComplete",
+    "Switched",
+    "Sync",
+    "UpdateContext",
+    "Value",
+    "Welcome",
+    "Written",
+]
+
+
+class Kind(enum.Enum):
+    """The wire kind of a field: what the codec accepts for it."""
+
+    UINT = "uint"  # non-negative integer, not a boolean
+    FLOAT = "float"  # integer or float, finite; decoded as float
+    BOOL = "bool"
+    STR = "str"
+    KEY = "key"  # non-empty string of at most Limits.max_key UTF-8 bytes
+    VALUE = "value"  # any msgpack value; nil allowed; depth-limited
+    MAP = "map"  # map of string keys to values; depth-limited
+    LIST = "list"  # array of values; depth-limited
+    UINTS = "uints"  # array of non-negative integers
+    KEYS = "keys"  # array of keys, at most Limits.max_patch
+    ENTRIES = "entries"  # map of keys to values, at most Limits.max_patch
+    VERSIONS = "versions"  # map of keys to non-negative integers
+
+
+class Role(enum.Enum):
+    """Which side of a connection a message goes from, and what it is."""
+
+    HELLO = "hello"  # client -> server, opens the connection
+    WELCOME = "welcome"  # server -> client, answers hello
+    REQUEST = "request"  # client -> server, carries an id
+    REPLY = "reply"  # server -> client, answers the request with that id
+    EVENT = "event"  # server -> client, pushed, no id
+    SHUTDOWN = "shutdown"  # server -> client, the server is going away
+
+
+_REQUIRED: Final = attrs.NOTHING
+
+
+def _field(kind: Kind, default: Any = _REQUIRED) -> Any:
+    return attrs.field(default=default, metadata={"kind": kind})
+
+
+class Message:
+    """Base of every message class. `TAG` is the wire tag, `ROLE` its role."""
+
+    TAG: ClassVar[str]
+    ROLE: ClassVar[Role]
+    __slots__ = ()
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+
+
+_M = TypeVar("_M", bound=type[Message])
+
+
+def _message(tag: str, role: Role) -> Callable[[_M], _M]:
+    def register(cls: _M) -> _M:
+        cls.TAG = tag
+        cls.ROLE = role
+        if tag in MESSAGE_TYPES:
+            raise RuntimeError(f"duplicate tag {tag!r}")
+        MESSAGE_TYPES[tag] = cls
+        return cls
+
+    return register
+
+
+_frozen = attrs.frozen(kw_only=True)
+
+# ---------------------------------------------------------------- handshake
+
+
+@_message("hello", Role.HELLO)
+@_frozen
+class Hello(Message):
+    """Opens a connection: the protocol versions spoken and who is calling."""
+
+    versions: list[int] = _field(Kind.UINTS)
+    channel: str = _field(Kind.STR)
+    client: str = _field(Kind.STR, "")
+    credential: str | None = _field(Kind.STR, None)
+
+
+@_message("welcome", Role.WELCOME)
+@_frozen
+class Welcome(Message):
+    """Accepts a hello: the chosen version and the connection's identity."""
+
+    version: int = _field(Kind.UINT)
+    server: str = _field(Kind.STR)
+    connection_id: str = _field(Kind.STR)
+    admin: bool = _field(Kind.BOOL, False)
+    max_frame: int = _field(Kind.UINT)
+
+
+@_message("shutdown", Role.SHUTDOWN)
+@_frozen
+class Shutdown(Message):
+    """The server stops: no new requests; replies in flight still arrive."""
+
+    reason: str = _field(Kind.STR, "")
+    retry_after: float | None = _field(Kind.FLOAT, None)
+
+
+# ---------------------------------------------------------------- requests
+
+
+@_message("ping", Role.REQUEST)
+@_frozen
+class Ping(Message):
+    id: int = _field(Kind.UINT)
+
+
+@_message("create", Role.REQUEST)
+@_frozen
+class Create(Message):
+    """Creates a session. `channel` defaults to the connection's channel."""
+
+    id: int = _field(Kind.UINT)
+    channel: str | None = _field(Kind.STR, None)
+    user_id: str | None = _field(Kind.STR, None)
+    ttl: float | None = _field(Kind.FLOAT, None)
+    idle_timeout: float | None = _field(Kind.FLOAT, None)
+    metadata: dict[str, Any] | None = _field(Kind.MAP, None)
+
+
+@_message("attach", Role.REQUEST)
+@_frozen
+class Attach(Message):
+    """Subscribes to a session's changes, resuming after `since` if given."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    token: str | None = _field(Kind.STR, None)
+    since: int | None = _field(Kind.UINT, None)
+    scope: str = _field(Kind.STR, "read")
+    channel: str | None = _field(Kind.STR, None)
+
+
+@_message("detach", Role.REQUEST)
+@_frozen
+class Detach(Message):
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+
+
+@_message("get", Role.REQUEST)
+@_frozen
+class Get(Message):
+    """Reads one key (`key` set) or the whole state (`key` nil)."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    key: str | None = _field(Kind.KEY, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("set", Role.REQUEST)
+@_frozen
+class Set(Message):
+    """Writes one key; `expect` is the version the writer last saw (0: absent)."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    key: str = _field(Kind.KEY)
+    value: Any = _field(Kind.VALUE)
+    expect: int | None = _field(Kind.UINT, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("delete", Role.REQUEST)
+@_frozen
+class Delete(Message):
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    key: str = _field(Kind.KEY)
+    expect: int | None = _field(Kind.UINT, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("patch", Role.REQUEST)
+@_frozen
+class Patch(Message):
+    """Sets and deletes several keys in one change, all or nothing."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    set: dict[str, Any] = _field(Kind.ENTRIES, attrs.Factory(dict))
+    delete: list[str] = _field(Kind.KEYS, attrs.Factory(list))
+    expect: dict[str, int] | None = _field(Kind.VERSIONS, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("update_context", Role.REQUEST)
+@_frozen
+class UpdateContext(Message):
+    """Replaces the parts of the session context that are given."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    channel: str | None = _field(Kind.STR, None)
+    preferences: dict[str, Any] | None = _field(Kind.MAP, None)
+    history: list[Any] | None = _field(Kind.LIST, None)
+    metrics: dict[str, Any] | None = _field(Kind.MAP, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("switch_begin", Role.REQUEST)
+@_frozen
+class SwitchBegin(Message):
+    """Starts a channel transition; the reply carries its `transition_id`."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    to_channel: str = _field(Kind.STR)
+    from_channel: str | None = _field(Kind.STR, None)
+    reason: str | None = _field(Kind.STR, None)
+    context: dict[str, Any] | None = _field(Kind.MAP, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("switch_complete", Role.REQUEST)
+@_frozen
+class SwitchComplete(Message):
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    transition_id: str = _field(Kind.STR)
+    success: bool = _field(Kind.BOOL, True)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("renew", Role.REQUEST)
+@_frozen
+class Renew(Message):
+    """Extends the absolute expiry to now + `ttl` (default: the session's ttl)."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    ttl: float | None = _field(Kind.FLOAT, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("invalidate", Role.REQUEST)
+@_frozen
+class Invalidate(Message):
+    """Ends a session now; its data becomes unrecoverable."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    reason: str | None = _field(Kind.STR, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("sync", Role.REQUEST)
+@_frozen
+class Sync(Message):
+    """The session as seen from `channel`; records that channel's activity."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    channel: str = _field(Kind.STR)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("summary", Role.REQUEST)
+@_frozen
+class Summary(Message):
+    """Analytics of one session: duration, events, channels, workflows."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("grant", Role.REQUEST)
+@_frozen
+class Grant(Message):
+    """Mints another token for the session with `scope` (read, write, admin)."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    scope: str = _field(Kind.STR)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("list_sessions", Role.REQUEST)
+@_frozen
+class ListSessions(Message):
+    """Admin: sessions in id order, `limit` at a time, after the id `after`."""
+
+    id: int = _field(Kind.UINT)
+    limit: int | None = _field(Kind.UINT, None)
+    after: str | None = _field(Kind.STR, None)
+
+
+@_message("stats", Role.REQUEST)
+@_frozen
+class Stats(Message):
+    """Admin: daemon health, counts and uptime."""
+
+    id: int = _field(Kind.UINT)
+
+
+@_message("analytics", Role.REQUEST)
+@_frozen
+class Analytics(Message):
+    """Admin: channel usage and workflow performance across sessions."""
+
+    id: int = _field(Kind.UINT)
+
+
+@_message("run", Role.REQUEST)
+@_frozen
+class Run(Message):
+    """Runs a workflow in the session (reserved: answered `unavailable` in v1)."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    workflow: str = _field(Kind.STR)
+    inputs: dict[str, Any] | None = _field(Kind.MAP, None)
+    resume: bool = _field(Kind.BOOL, False)
+    token: str | None = _field(Kind.STR, None)
+
+
+# ---------------------------------------------------------------- replies
+
+
+@_message("pong", Role.REPLY)
+@_frozen
+class Pong(Message):
+    id: int = _field(Kind.UINT)
+
+
+@_message("ok", Role.REPLY)
+@_frozen
+class Ok(Message):
+    """Success with nothing to report (detach, invalidate)."""
+
+    id: int = _field(Kind.UINT)
+
+
+@_message("error", Role.REPLY)
+@_frozen
+class Error(Message):
+    """A request failed (`id` set), or the connection did (`id` nil).
+
+    `code` is one of `ErrorCode`; clients treat an unknown code as `internal`.
+    """
+
+    id: int | None = _field(Kind.UINT, None)
+    code: str = _field(Kind.STR)
+    message: str = _field(Kind.STR, "")
+    retry_after: float | None = _field(Kind.FLOAT, None)
+
+
+@_message("created", Role.REPLY)
+@_frozen
+class Created(Message):
+    """A new session. `token` (admin scope) is shown this once."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    token: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+    expires_at: float = _field(Kind.FLOAT)
+    idle_timeout: float | None = _field(Kind.FLOAT, None)
+
+
+@_message("attached", Role.REPLY)
+@_frozen
+class Attached(Message):
+    """Subscribed. `recovered`: the changes after `since` follow as `change`
+    events; otherwise a `snapshot` event follows."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+    recovered: bool = _field(Kind.BOOL)
+    scope: str = _field(Kind.STR)
+    presence: list[Any] = _field(Kind.LIST, attrs.Factory(list))
+
+
+@_message("written", Role.REPLY)
+@_frozen
+class Written(Message):
+    """A durable change: its `seq`, and the new version of each key written."""
+
+    id: int = _field(Kind.UINT)
+    seq: int = _field(Kind.UINT)
+    version: int | None = _field(Kind.UINT, None)
+    versions: dict[str, int] | None = _field(Kind.VERSIONS, None)
+
+
+@_message("value", Role.REPLY)
+@_frozen
+class Value(Message):
+    """One entry. A key never written has `version` 0 and nil `value`."""
+
+    id: int = _field(Kind.UINT)
+    key: str = _field(Kind.KEY)
+    value: Any = _field(Kind.VALUE)
+    version: int = _field(Kind.UINT)
+    updated_at: float | None = _field(Kind.FLOAT, None)
+    channel: str | None = _field(Kind.STR, None)
+
+
+@_message("state", Role.REPLY)
+@_frozen
+class State(Message):
+    """The whole session: entries, context and deadlines, as of `seq`."""
+
+    id: int = _field(Kind.UINT)
+    session_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+    entries: dict[str, Any] = _field(Kind.MAP)
+    context: dict[str, Any] = _field(Kind.MAP)
+    created_at: float = _field(Kind.FLOAT)
+    expires_at: float = _field(Kind.FLOAT)
+    idle_expires_at: float | None = _field(Kind.FLOAT, None)
+
+
+@_message("switched", Role.REPLY)
+@_frozen
+class Switched(Message):
+    id: int = _field(Kind.UINT)
+    seq: int = _field(Kind.UINT)
+    transition_id: str = _field(Kind.STR)
+
+
+@_message("renewed", Role.REPLY)
+@_frozen
+class Renewed(Message):
+    id: int = _field(Kind.UINT)
+    seq: int = _field(Kind.UINT)
+    expires_at: float = _field(Kind.FLOAT)
+
+
+@_message("granted", Role.REPLY)
+@_frozen
+class Granted(Message):
+    id: int = _field(Kind.UINT)
+    token: str = _field(Kind.STR)
+    scope: str = _field(Kind.STR)
+
+
+@_message("report", Role.REPLY)
+@_frozen
+class Report(Message):
+    """The answer to `summary`, `stats` and `analytics`."""
+
+    id: int = _field(Kind.UINT)
+    report: dict[str, Any] = _field(Kind.MAP)
+
+
+@_message("sessions", Role.REPLY)
+@_frozen
+class Sessions(Message):
+    """A page of `list_sessions`; `after` continues it, nil at the end."""
+
+    id: int = _field(Kind.UINT)
+    sessions: list[Any] = _field(Kind.LIST)
+    after: str | None = _field(Kind.STR, None)
+
+
+@_message("run_started", Role.REPLY)
+@_frozen
+class RunStarted(Message):
+    id: int = _field(Kind.UINT)
+    run_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+
+
+# ---------------------------------------------------------------- events
+
+
+@_message("snapshot", Role.EVENT)
+@_frozen
+class Snapshot(Message):
+    """The whole state after an attach that could not replay history.
+
+    `recovered` is false when the attach asked to resume (`since`) and the
+    missed changes were outside the retention window; true on a fresh attach,
+    where there was nothing to recover.
+    """
+
+    session_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+    entries: dict[str, Any] = _field(Kind.MAP)
+    context: dict[str, Any] = _field(Kind.MAP)
+    recovered: bool = _field(Kind.BOOL)
+
+
+@_message("change", Role.EVENT)
+@_frozen
+class Change(Message):
+    """One change to a session, in `seq` order. `op` says what changed:
+    set, delete, patch, context, switch_begin, switch_complete, renew, run."""
+
+    session_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+    op: str = _field(Kind.STR)
+    ts: float = _field(Kind.FLOAT)
+    channel: str = _field(Kind.STR)
+    writer: str = _field(Kind.STR)
+    key: str | None = _field(Kind.KEY, None)
+    value: Any = _field(Kind.VALUE, None)
+    version: int | None = _field(Kind.UINT, None)
+
+
+@_message("presence", Role.EVENT)
+@_frozen
+class Presence(Message):
+    """A connection joined or left the session (`action`: join, leave)."""
+
+    session_id: str = _field(Kind.STR)
+    action: str = _field(Kind.STR)
+    connection_id: str = _field(Kind.STR)
+    channel: str = _field(Kind.STR)
+    client: str = _field(Kind.STR, "")
+
+
+@_message("lagged", Role.EVENT)
+@_frozen
+class Lagged(Message):
+    """This subscriber fell behind and is detached; resume after `seq`."""
+
+    session_id: str = _field(Kind.STR)
+    seq: int = _field(Kind.UINT)
+
+
+@_message("expired", Role.EVENT)
+@_frozen
+class Expired(Message):
+    """The session reached its deadline (`reason`: ttl, idle) and is gone."""
+
+    session_id: str = _field(Kind.STR)
+    reason: str = _field(Kind.STR)
+
+
+@_message("invalidated", Role.EVENT)
+@_frozen
+class Invalidated(Message):
+    session_id: str = _field(Kind.STR)
+    reason: str = _field(Kind.STR, "")
+
+
+@_message("progress", Role.EVENT)
+@_frozen
+class Progress(Message):
+    """Workflow progress (reserved)."""
+
+    session_id: str = _field(Kind.STR)
+    run_id: str = _field(Kind.STR)
+    progress: float = _field(Kind.FLOAT)
+    step: str | None = _field(Kind.STR, None)
+
+
+@_message("result", Role.EVENT)
+@_frozen
+class Result(Message):
+    """Workflow outcome (reserved). `status`: completed, failed, cancelled."""
+
+    session_id: str = _field(Kind.STR)
+    run_id: str = _field(Kind.STR)
+    status: str = _field(Kind.STR)
+    result: Any = _field(Kind.VALUE, None)
