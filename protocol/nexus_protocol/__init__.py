@@ -9,6 +9,10 @@ from ._codec import decode_body as decode_body
 from ._codec import encode_body as encode_body
 from ._codec import frame as frame
 from ._codec import validate as validate
+from ._defaults import DEFAULT_WS_HOST as DEFAULT_WS_HOST
+from ._defaults import DEFAULT_WS_PORT as DEFAULT_WS_PORT
+from ._defaults import default_socket_path as default_socket_path
+from ._defaults import default_state_dir as default_state_dir
 from ._connection import NEED_DATA as NEED_DATA
 from ._connection import PROTOCOL_VERSIONS as PROTOCOL_VERSIONS
 from ._connection import TRANSITIONS as TRANSITIONS

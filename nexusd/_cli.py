@@ -1,0 +1,121 @@
+"""The `nexusd` command: `nexusd serve` runs the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import __version__
+from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
+from ._daemon import Daemon
+
+__all__ = ["main"]
+
+log = logging.getLogger("nexusd")
+
+_FLAG_NAMES = {"socket": "--socket", "ws": "--ws", "data": "--data"}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nexusd",
+        description="nexusd: real-time session sync daemon. One session, many channels "
+                    "(WebSocket, Unix socket, CLI, HTTP, MCP); every change journaled, "
+                    "then seen by every channel in order.",
+    )
+    parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    defaults = Config()
+    serve = sub.add_parser(
+        "serve", help="run the daemon in the foreground",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the daemon in the foreground until SIGINT or SIGTERM.",
+        epilog=(
+            "Settings come from, in increasing precedence: embedded defaults; the TOML\n"
+            f"file given by --config (default {default_config_path(os.environ)}, if it\n"
+            "exists), with the same names as the flags (max_frame = 2097152); environment\n"
+            "variables NEXUSD_<NAME> (NEXUSD_WS=off, NEXUSD_HIBERNATE_AFTER=5m); flags.\n"
+            "Durations take 250ms, 90s, 30m, 2h, 7d or plain seconds.\n\n"
+            "On SIGINT/SIGTERM the daemon stops accepting, tells clients 'shutdown',\n"
+            "finishes in-flight requests within --shutdown-grace, and exits 0."),
+    )
+    serve.add_argument("--config", type=str, default=None, metavar="FILE",
+                       help="TOML configuration file")
+    for name, field in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = "" if name == "admin_key" else f" (default: {_show(default)})"
+        serve.add_argument(flag, dest=name, default=argparse.SUPPRESS,
+                           metavar=name.split("_")[-1].upper(),
+                           help=field.metadata.get("help", "") + shown)
+    return parser
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        return f"{int(value)}s" if value < 3600 or value % 3600 else f"{int(value // 3600)}h"
+    return str(value)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _serve(config: Config) -> None:
+    daemon = Daemon(config)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(daemon.run)
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                daemon.stop()
+                break
+            # A second signal while draining stops at once.
+            async def second() -> None:
+                async for _ in signals:
+                    log.warning("second signal: stopping now")
+                    nursery.cancel_scope.cancel()
+            nursery.start_soon(second)
+            # `daemon.run` returns when drained; then nothing is left but `second`.
+            await daemon.stopped.wait()
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    try:
+        config = load_config(None if args.config is None else _path(args.config),
+                             os.environ, flags)
+    except ConfigError as exc:
+        parser.exit(2, f"nexusd: error: {exc}\n")
+    _configure_logging(config.log_level)
+    log.info("nexusd %s starting (pid %d, durability %s, data %s)", __version__, os.getpid(),
+             config.durability, config.data)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        print(f"nexusd: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()
+

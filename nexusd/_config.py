@@ -1,0 +1,215 @@
+"""Configuration: embedded defaults, then a TOML file, then NEXUSD_* environment
+variables, then command-line flags, each overriding the one before."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from nexus_protocol import DEFAULT_WS_HOST, DEFAULT_WS_PORT, default_socket_path, default_state_dir
+
+__all__ = ["Config", "ConfigError", "default_config_path", "load_config", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it."""
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``90``, ``1.5``, ``250ms``, ``90s``, ``30m``, ``2h`` or ``7d``.
+
+    Raises:
+        ConfigError: not a duration.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    s = str(text).strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if s.endswith(unit):
+            number, scale = s[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = s, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h, 7d)") from None
+    if value != value or value < 0:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 90s, 30m, 2h, 7d)")
+    return value
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _optional_duration(value: Any) -> float | None:
+    if value is None or str(value).lower() in ("", "none", "off", "0"):
+        return None
+    return parse_duration(value)
+
+
+def _home() -> str:
+    return os.path.expanduser("~")
+
+
+@attrs.frozen
+class Config:
+    """Every setting of the daemon. Durations are in seconds."""
+
+    socket: Path | None = attrs.field(
+        factory=lambda: Path(default_socket_path(os.environ, _home())),
+        metadata={"help": "Unix socket path, or 'off'"})
+    ws: str | None = attrs.field(
+        default=f"{DEFAULT_WS_HOST}:{DEFAULT_WS_PORT}",
+        metadata={"help": "WebSocket listen address HOST:PORT (port 0: any free port), or 'off'"})
+    data: Path = attrs.field(
+        factory=lambda: Path(default_state_dir(os.environ, _home())),
+        metadata={"help": "data directory (store, keys, admin key)"})
+    durability: str = attrs.field(
+        default="memory",
+        metadata={"help": "when a write counts as acknowledged: memory (nothing on disk)"})
+    admin_key: str | None = attrs.field(
+        default=None, repr=False,
+        metadata={"help": "WebSocket admin credential "
+                          "(default: DATA/admin.key, made on first start)"})
+    tls_cert: Path | None = attrs.field(default=None,
+                                        metadata={"help": "certificate chain for wss://"})
+    tls_key: Path | None = attrs.field(default=None, metadata={"help": "private key for wss://"})
+    max_frame: int = attrs.field(default=1 << 20, metadata={"help": "largest frame body, bytes"})
+    max_key: int = attrs.field(default=256, metadata={"help": "longest key, UTF-8 bytes"})
+    max_depth: int = attrs.field(default=32, metadata={"help": "deepest nesting in a value"})
+    max_patch: int = attrs.field(default=256, metadata={"help": "most keys in one patch"})
+    max_keys: int = attrs.field(default=10_000, metadata={"help": "most keys in one session"})
+    default_ttl: float = attrs.field(default=86400.0, converter=_duration,
+                                     metadata={"help": "session lifetime when create gives none"})
+    max_ttl: float = attrs.field(default=30 * 86400.0, converter=_duration,
+                                 metadata={"help": "longest session lifetime allowed"})
+    default_idle: float | None = attrs.field(
+        default=3600.0, converter=_optional_duration,
+        metadata={"help": "idle timeout when create gives none ('off': none)"})
+    hibernate_after: float = attrs.field(
+        default=60.0, converter=_duration,
+        metadata={"help": "unwatched sessions leave memory after this long without traffic"})
+    retention: int = attrs.field(default=1000,
+                                 metadata={"help": "changes kept per session for resume"})
+    mailbox_size: int = attrs.field(default=64,
+                                    metadata={"help": "requests queued per session actor"})
+    queue_size: int = attrs.field(
+        default=1024, metadata={"help": "frames queued per connection before a watcher lags"})
+    max_in_flight: int = attrs.field(default=256,
+                                     metadata={"help": "unanswered requests per connection"})
+    busy_timeout: float = attrs.field(
+        default=5.0, converter=_duration,
+        metadata={"help": "wait for a full session mailbox before answering busy"})
+    handshake_timeout: float = attrs.field(default=10.0, converter=_duration,
+                                           metadata={"help": "time allowed for hello"})
+    write_timeout: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "close a connection whose client stops reading this long"})
+    shutdown_grace: float = attrs.field(
+        default=10.0, converter=_duration,
+        metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
+    log_level: str = attrs.field(default="info",
+                                 metadata={"help": "debug, info, warning or error"})
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_frame", "max_key", "max_depth", "max_patch", "max_keys",
+                     "retention", "mailbox_size", "queue_size", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.durability not in DURABILITY:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITY)}")
+        if self.default_ttl > self.max_ttl or self.default_ttl <= 0:
+            raise ConfigError("default_ttl must be in (0, max_ttl]")
+        if self.ws is not None:
+            ws_address(self.ws)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("log_level must be debug, info, warning or error")
+
+
+DURABILITY = ("memory",)
+
+
+def ws_address(text: str) -> tuple[str, int]:
+    """(host, port) from ``HOST:PORT`` (``[::1]:PORT`` for IPv6).
+
+    Raises:
+        ConfigError: not an address.
+    """
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"ws must be HOST:PORT or off, not {text!r}")
+    return host, int(port)
+
+
+FIELDS = {f.name: f for f in attrs.fields(Config)}
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(_home(), ".config")
+    return Path(base) / "nexusd" / "config.toml"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A file, environment or flag value as the field holds it."""
+    kind = str(FIELDS[name].type)
+    if name in ("socket", "ws") and str(value).lower() == "off":
+        return None
+    if kind in ("Path", "Path | None") and value is not None:
+        return Path(os.path.expanduser(str(value)))
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be an integer, not {value!r}") from None
+    if kind in ("str", "str | None") and value is not None:
+        return str(value)
+    return value
+
+
+def load_config(file: Path | None, environ: Mapping[str, str],
+                flags: Mapping[str, Any]) -> Config:
+    """Builds the configuration from its layers.
+
+    `file` None means the default path, used only if it exists. Environment
+    variables are NEXUSD_<SETTING> (NEXUSD_MAX_FRAME, NEXUSD_WS, ...). `flags`
+    holds only the flags given.
+
+    Raises:
+        ConfigError: naming the setting and where it came from.
+    """
+    values: dict[str, Any] = {}
+    path = file if file is not None else default_config_path(environ)
+    if file is not None or path.exists():
+        try:
+            doc = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in doc.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[name] = _coerce(name, value)
+    for name in FIELDS:
+        env = environ.get(f"NEXUSD_{name.upper()}")
+        if env is not None:
+            values[name] = _coerce(name, env)
+    for name, value in flags.items():
+        values[name] = _coerce(name, value)
+    try:
+        return Config(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None

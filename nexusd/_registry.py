@@ -1,0 +1,250 @@
+"""The registry: session id -> active actor; activation, creation, expiry of
+dormant sessions.
+
+Memory follows active sessions: an actor exists only while its session is in
+use. The first request for a dormant session activates it from the store
+(snapshot + replay); concurrent requests for it wait for that one activation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+from nexus_protocol import Create, Created, ErrorCode, Limits
+
+from ._actor import ActorConfig, Caller, Envelope, SessionActor, replay_events
+from ._auth import hash_token, new_session_id, new_token
+from ._clock import WallClock
+from ._errors import RequestError
+from ._state import SessionState
+from ._store import SessionMeta, Store
+
+if TYPE_CHECKING:
+    from ._reaper import Reaper
+
+__all__ = ["Registry", "RegistryStatistics", "SessionPolicy"]
+
+log = logging.getLogger("nexusd.registry")
+
+#: Ended sessions remembered so that late requests hear `expired`, not `not_found`.
+TOMBSTONES: Final = 100_000
+
+
+@attrs.frozen
+class SessionPolicy:
+    """Defaults and bounds for new sessions, in seconds."""
+
+    default_ttl: float = 86400.0
+    max_ttl: float = 30 * 86400.0
+    default_idle: float | None = 3600.0
+
+
+@attrs.frozen
+class RegistryStatistics:
+    active: int
+    created: int
+    activations: int
+    hibernations: int
+    ended: int
+
+
+class Registry:
+    def __init__(self, store: Store, clock: WallClock, limits: Limits, policy: SessionPolicy,
+                 actor_config: ActorConfig, nursery: trio.Nursery) -> None:
+        self.store = store
+        self.clock = clock
+        self.limits = limits
+        self.policy = policy
+        self.actor_config = actor_config
+        self.reaper: Reaper  # set by the daemon before any request
+        self._nursery = nursery
+        self._actors: dict[str, SessionActor] = {}
+        self._activating: dict[str, trio.Event] = {}
+        self._tombstones: OrderedDict[str, str] = OrderedDict()
+        self._created = self._activations = self._hibernations = self._ended = 0
+        # Daemon-wide analytics since start: channel label -> count.
+        self.created_on: Counter[str] = Counter()
+        self.changes_on: Counter[str] = Counter()
+        self.switches_to: Counter[str] = Counter()
+
+    # ------------------------------------------------------------- lookups
+
+    def active(self, session_id: str) -> SessionActor | None:
+        return self._actors.get(session_id)
+
+    def actors(self) -> list[SessionActor]:
+        return list(self._actors.values())
+
+    def statistics(self) -> RegistryStatistics:
+        return RegistryStatistics(len(self._actors), self._created, self._activations,
+                                  self._hibernations, self._ended)
+
+    def analytics(self) -> dict[str, Any]:
+        """Channel usage across sessions since the daemon started."""
+        switches = sum(self.switches_to.values())
+        return {
+            "sessions_created_by_channel": dict(self.created_on),
+            "changes_by_channel": dict(self.changes_on),
+            "channel_switches": switches,
+            "channel_distribution": {
+                c: {"count": n, "percentage": 100.0 * n / switches}
+                for c, n in self.switches_to.items()},
+            "most_popular_channel": (self.switches_to.most_common(1)[0][0]
+                                     if switches else None),
+        }
+
+    def forget(self, actor: SessionActor) -> None:
+        """Called by an actor as it ends; later requests activate it anew."""
+        if self._actors.get(actor.session_id) is actor:
+            del self._actors[actor.session_id]
+            self._hibernations += 1
+
+    def tombstone(self, session_id: str, reason: str) -> None:
+        self._ended += 1
+        self._tombstones[session_id] = reason
+        while len(self._tombstones) > TOMBSTONES:
+            self._tombstones.popitem(last=False)
+
+    def _gone(self, session_id: str) -> RequestError:
+        reason = self._tombstones.get(session_id)
+        if reason is None:
+            return RequestError(ErrorCode.NOT_FOUND, f"session {session_id} not found")
+        if reason == "invalidated":
+            return RequestError(ErrorCode.EXPIRED, f"session {session_id} was invalidated")
+        return RequestError(ErrorCode.EXPIRED, f"session {session_id} has expired ({reason})")
+
+    # ------------------------------------------------------------ creation
+
+    def _duration(self, name: str, value: float | None, default: float | None,
+                  maximum: float) -> float | None:
+        if value is None:
+            return default
+        if not 0 < value <= maximum:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"{name} must be in (0, {maximum:g}] seconds, not {value:g}")
+        return value
+
+    async def create(self, caller: Caller, req: Create) -> Created:
+        p = self.policy
+        ttl = self._duration("ttl", req.ttl, p.default_ttl, p.max_ttl)
+        assert ttl is not None
+        idle = self._duration("idle_timeout", req.idle_timeout, p.default_idle, p.max_ttl)
+        channel = req.channel or caller.channel
+        now = self.clock.now()
+        sid, token = new_session_id(), new_token()
+        state = SessionState(sid, now, channel, ttl, now + ttl, idle, user_id=req.user_id,
+                             metadata=req.metadata or {})
+        state.touch(channel, now, read=False)
+        tokens = {hash_token(token): "admin"}
+        actor = SessionActor(self, state, tokens, [], self.actor_config)
+        await self.store.create(actor.meta(), state.to_snapshot())
+        await self._start(actor)
+        self._created += 1
+        self.created_on[channel] += 1
+        caller.grants[sid] = "admin"
+        return Created(id=req.id, session_id=sid, token=token, seq=0, expires_at=state.expires_at,
+                       idle_timeout=idle)
+
+    async def _start(self, actor: SessionActor) -> None:
+        await self._nursery.start(actor.run)
+        self._actors[actor.session_id] = actor
+        self.reaper.schedule(actor.session_id, actor.deadline)
+
+    # ---------------------------------------------------------- activation
+
+    async def actor_for(self, session_id: str) -> SessionActor:
+        """The active actor of `session_id`, activating it if it is dormant.
+
+        Raises:
+            RequestError: `not_found`, or `expired` for a session that ended.
+        """
+        while True:
+            actor = self._actors.get(session_id)
+            if actor is not None:
+                return actor
+            pending = self._activating.get(session_id)
+            if pending is None:
+                break
+            await pending.wait()
+        done = self._activating[session_id] = trio.Event()
+        try:
+            return await self._activate(session_id)
+        finally:
+            del self._activating[session_id]
+            done.set()
+
+    async def _activate(self, session_id: str) -> SessionActor:
+        loaded = await self.store.load(session_id)
+        if loaded is None:
+            raise self._gone(session_id)
+        meta = loaded.meta
+        reason = meta.expiry_reason(self.clock.now())
+        if reason is not None:
+            await self.store.delete(session_id)
+            self.tombstone(session_id, reason)
+            raise self._gone(session_id)
+        if loaded.snapshot is None:
+            raise RuntimeError(f"session {session_id} has no snapshot")
+        state = SessionState.from_snapshot(loaded.snapshot)
+        replay_events(state, loaded.events)
+        if meta.idle_expires_at is not None and meta.idle_timeout is not None:
+            # The store may know of later activity (reads) than the snapshot.
+            state.last_activity = max(state.last_activity,
+                                      meta.idle_expires_at - meta.idle_timeout)
+        history = [(e.seq, e.payload) for e in (*loaded.history, *loaded.events)]
+        actor = SessionActor(self, state, dict(meta.tokens), history, self.actor_config)
+        await self._start(actor)
+        self._activations += 1
+        return actor
+
+    async def submit(self, session_id: str, envelope: Envelope, patience: float) -> None:
+        """Queues a request for the session's actor, activating it if needed.
+
+        Raises:
+            RequestError: `not_found`, `expired`, or `busy`.
+        """
+        for _ in range(8):
+            actor = await self.actor_for(session_id)
+            try:
+                await actor.send(envelope, patience)
+                return
+            except trio.ClosedResourceError:
+                continue  # it ended between lookup and send; activate anew
+        raise RequestError(ErrorCode.BUSY, f"session {session_id} keeps reloading",
+                           retry_after=1.0)
+
+    # --------------------------------------------------------------- expiry
+
+    async def expire_dormant(self, meta: SessionMeta) -> bool:
+        """Ends a dormant session found past its deadline by the reaper.
+
+        Returns False if it turned out to be active (its actor decides).
+        """
+        sid = meta.session_id
+        if sid in self._actors or sid in self._activating:
+            return False
+        done = self._activating[sid] = trio.Event()
+        try:
+            loaded = await self.store.load(sid)
+            if loaded is None:
+                return True
+            reason = loaded.meta.expiry_reason(self.clock.now())
+            if reason is None:
+                return True
+            await self.store.delete(sid)
+            self.tombstone(sid, reason)
+            log.info("session %s expired while dormant (%s)", sid, reason)
+            return True
+        finally:
+            del self._activating[sid]
+            done.set()
+
+    async def aclose(self) -> None:
+        """Stops every actor: each finishes what its mailbox holds, writes its
+        snapshot and ends."""
+        for actor in list(self._actors.values()):
+            actor.close()

@@ -1,0 +1,139 @@
+"""Transport adapters: a Unix socket and a WebSocket listener.
+
+Each turns its medium into the `Transport` the connection handler reads and
+writes; neither knows anything of the protocol beyond its framing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import ssl
+import stat
+import struct
+from pathlib import Path
+
+import trio
+from nexus_protocol import Framing
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+__all__ = ["StreamTransport", "WebSocketTransport", "open_unix_listener", "serve_ws"]
+
+log = logging.getLogger("nexusd.transport")
+
+_PEERCRED = struct.Struct("3i")
+RECEIVE_SIZE = 256 * 1024
+
+
+class StreamTransport:
+    kind = "unix"
+    framing = Framing.STREAM
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.peer, self.admin = _peer_of(stream.socket)
+
+    async def receive(self) -> bytes:
+        return await self.stream.receive_some(RECEIVE_SIZE)
+
+    async def send(self, frames: list[bytes]) -> None:
+        await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _peer_of(sock: trio.socket.SocketType) -> tuple[str, bool]:
+    """The peer's description, and whether it is this daemon's user (or root)."""
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except (AttributeError, OSError):
+        return "unix:?", False
+    return f"unix:pid={pid},uid={uid}", uid in (os.getuid(), 0)
+
+
+async def open_unix_listener(path: Path) -> trio.SocketListener:
+    """Listens on `path`, created mode 0600 (and its directory 0700 if new).
+
+    A socket file left by a daemon that died is replaced; one that a live
+    daemon answers on is not.
+
+    Raises:
+        OSError: the path is in use by a live daemon, or cannot be bound.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: nobody is listening
+        else:
+            raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+        finally:
+            probe.close()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others connect
+    try:
+        await sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(socket.SOMAXCONN)
+    return trio.SocketListener(sock)
+
+
+class WebSocketTransport:
+    kind = "websocket"
+    framing = Framing.MESSAGE
+    admin = False
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        remote = ws.remote
+        self.peer = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+
+    async def receive(self) -> bytes:
+        try:
+            message = await self.ws.get_message()
+        except ConnectionClosed:
+            return b""
+        if isinstance(message, str):
+            # Text frames are not part of the protocol; a body is binary.
+            await self.ws.aclose(code=1003, reason="nexus frames are binary messages")
+            return b""
+        return message or b"\x00"  # an empty message is a (malformed) body, not EOF
+
+    async def send(self, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                await self.ws.send_message(frame)
+        except ConnectionClosed:
+            raise trio.BrokenResourceError("websocket closed") from None
+
+    async def aclose(self) -> None:
+        await self.ws.aclose()
+
+
+async def serve_ws(handler: object, host: str, port: int, *, max_frame: int,
+                   ssl_context: ssl.SSLContext | None, handler_nursery: trio.Nursery,
+                   task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serves WebSocket connections, handing each `WebSocketTransport` to
+    `handler`; reports the bound port through `task_status`."""
+
+    async def accept(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await handler(WebSocketTransport(ws))  # type: ignore[operator]
+
+    class _Started:
+        def started(self, server: object) -> None:
+            task_status.started(server.port)  # type: ignore[attr-defined]
+
+    await serve_websocket(accept, host, port, ssl_context=ssl_context,
+                          max_message_size=max_frame + 1, handler_nursery=handler_nursery,
+                          task_status=_Started())  # type: ignore[arg-type]
