@@ -11,7 +11,6 @@ writes before it, so no reader ever sees a change that is not yet durable.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -241,18 +240,22 @@ class SessionActor:
     async def _loop(self) -> None:
         while True:
             envelope = None
-            idle_at = (self._last_traffic + self.config.hibernate_after
-                       if not self._subscribers else math.inf)
-            with trio.move_on_at(idle_at):
+            with trio.move_on_at(self._last_traffic + self.config.hibernate_after):
                 try:
                     envelope = await self._inbox.receive()
                 except trio.EndOfChannel:
                     await self._hibernate()
                     return
             if envelope is None:
+                # Quiet for a while. Connections that closed without their
+                # goodbye reaching us (a full mailbox) no longer count.
+                for cid, sub in list(self._subscribers.items()):
+                    if sub.caller.outbox.closed:
+                        self._unsubscribe(cid)
                 if self._inbox.statistics().current_buffer_used == 0 and not self._subscribers:
                     await self._hibernate()
                     return
+                self._last_traffic = trio.current_time()
                 continue
             batch = [envelope]
             while len(batch) < self.config.max_batch:

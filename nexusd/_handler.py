@@ -116,8 +116,7 @@ class ConnectionHandler:
             self._cancel.cancel()
             return
         self.outbox.reply(Shutdown(reason=reason, retry_after=1.0))
-        if not self.conn.in_flight:
-            self.outbox.close()
+        self.outbox.close_when_answered()
 
     def abort(self) -> None:
         self._cancel.cancel()
@@ -198,8 +197,6 @@ class ConnectionHandler:
                 return
             await outbox.wait_reply_capacity(self.config.max_in_flight)
             await self._dispatch(event)
-            if self.draining and not conn.in_flight:
-                outbox.close()
 
     def _detach_all(self) -> None:
         caller = self.caller

@@ -34,6 +34,7 @@ class Outbox:
         self._lot = trio.lowlevel.ParkingLot()  # the writer waits here
         self._replied = trio.lowlevel.ParkingLot()  # the reader waits here
         self._closed = False
+        self._closing = False
         self._sent = 0
         self._refused = 0
 
@@ -58,6 +59,8 @@ class Outbox:
         self._frames.append(frame)
         self._lot.unpark_all()
         self._replied.unpark_all()
+        if self._closing and not self.conn.in_flight:
+            self.close()
 
     def reply_event(self, body: bytes) -> None:
         """Queues an encoded event that belongs to a reply (an attach's
@@ -80,6 +83,12 @@ class Outbox:
             return False
         self._lot.unpark_all()
         return True
+
+    def close_when_answered(self) -> None:
+        """Closes once every request in flight has its reply queued."""
+        self._closing = True
+        if not self.conn.in_flight:
+            self.close()
 
     def close(self) -> None:
         self._closed = True
