@@ -179,6 +179,7 @@ class SessionActor:
         self._pending: list[tuple[Change, bytes]] = []
         self._pending_replies: list[tuple[Envelope, Message]] = []
         self._since_snapshot = 0
+        self._published_seq = state.seq
         self._last_traffic = trio.current_time()
         self.ended = False
 
@@ -234,6 +235,13 @@ class SessionActor:
         except Exception:
             log.exception("session %s: actor failed; it will be reactivated from the store",
                           self.session_id)
+            # Watchers resume from what they last saw, which reactivates the
+            # session from its durable state.
+            for sub in self._subscribers.values():
+                sub.caller.subscriptions.discard(self.session_id)
+                sub.caller.outbox.reply(Lagged(session_id=self.session_id,
+                                               seq=self._published_seq))
+            self._subscribers.clear()
         finally:
             self._end(ErrorCode.UNAVAILABLE, "the session was reloading; retry")
 
@@ -380,7 +388,10 @@ class SessionActor:
         sid = self.session_id
         granted = caller.grants.get(sid)
         token = getattr(env.request, "token", None)
-        if token is not None and (granted is None or not scope_allows(granted, needed)):
+        if token is not None:
+            # Checked even when the connection has proven a scope already: a
+            # request that carries a wrong token is refused, not served on the
+            # strength of an earlier one (a gateway may multiplex many users).
             scope = verify_token(token, self.tokens)
             if scope is None:
                 raise RequestError(ErrorCode.UNAUTHORIZED,
@@ -585,6 +596,7 @@ class SessionActor:
         await self.store.append(self.meta(), events)
         for change, body in pending:
             self._history.append((change.seq, body))
+            self._published_seq = change.seq
             self._fan_out(body, change.seq)
             self.registry.changes_on[change.channel] += 1
             if change.op == "switch_complete" and change.value["success"]:

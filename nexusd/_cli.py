@@ -15,7 +15,9 @@ import trio
 
 from . import __version__
 from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
+from ._crypto import KeyRingError
 from ._daemon import Daemon
+from ._sqlite_store import StoreError, keys_list, keys_retire, keys_rotate
 
 __all__ = ["main"]
 
@@ -56,7 +58,38 @@ def _build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=name, default=argparse.SUPPRESS,
                            metavar=name.split("_")[-1].upper(),
                            help=field.metadata.get("help", "") + shown)
+    keys = sub.add_parser(
+        "keys", help="manage the master keys that encrypt the store",
+        description="The master key ring in DATA/keys wraps each session's data key. "
+                    "'rotate' adds a new current key; a running daemon re-wraps every "
+                    "session's data key under it at its next start (values are never "
+                    "rewritten); 'retire' then removes an old key.")
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
+                      help=f"data directory (default: {defaults.data})")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    keys_sub.add_parser("list", parents=[data],
+                        help="list master keys and how many sessions use each")
+    keys_sub.add_parser("rotate", parents=[data],
+                        help="add a new master key and make it current")
+    retire = keys_sub.add_parser("retire", parents=[data],
+                                 help="remove a master key no session uses")
+    retire.add_argument("key_id", metavar="KEY_ID")
     return parser
+
+
+def _keys(args: argparse.Namespace, config: Config) -> int:
+    try:
+        if args.keys_command == "list":
+            keys_list(config.data)
+        elif args.keys_command == "rotate":
+            keys_rotate(config.data)
+        else:
+            keys_retire(config.data, args.key_id)
+    except (KeyRingError, StoreError) as exc:
+        print(f"nexusd: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _show(value: Any) -> str:
@@ -99,16 +132,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    config_file = getattr(args, "config", None)
     try:
-        config = load_config(None if args.config is None else _path(args.config),
+        config = load_config(None if config_file is None else _path(config_file),
                              os.environ, flags)
     except ConfigError as exc:
         parser.exit(2, f"nexusd: error: {exc}\n")
+    if args.command == "keys":
+        return _keys(args, config)
     _configure_logging(config.log_level)
     log.info("nexusd %s starting (pid %d, durability %s, data %s)", __version__, os.getpid(),
              config.durability, config.data)
     try:
         trio.run(_serve, config)
+    except (StoreError, KeyRingError) as exc:
+        print(f"nexusd: error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"nexusd: error: {exc.strerror or exc}"
               + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)

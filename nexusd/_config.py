@@ -74,8 +74,10 @@ class Config:
         factory=lambda: Path(default_state_dir(os.environ, _home())),
         metadata={"help": "data directory (store, keys, admin key)"})
     durability: str = attrs.field(
-        default="memory",
-        metadata={"help": "when a write counts as acknowledged: memory (nothing on disk)"})
+        default="process",
+        metadata={"help": "when a write is acknowledged: process (in the OS: survives "
+                          "kill -9 of the daemon), power (fsync'd: survives power loss), "
+                          "memory (nothing on disk)"})
     admin_key: str | None = attrs.field(
         default=None, repr=False,
         metadata={"help": "WebSocket admin credential "
@@ -137,7 +139,7 @@ class Config:
             raise ConfigError("log_level must be debug, info, warning or error")
 
 
-DURABILITY = ("memory",)
+DURABILITY = ("process", "power", "memory")
 
 
 def ws_address(text: str) -> tuple[str, int]:

@@ -28,6 +28,7 @@ from ._config import Config, ws_address
 from ._handler import ConnectionHandler, Transport
 from ._reaper import Reaper
 from ._registry import Registry, SessionPolicy
+from ._sqlite_store import SqliteStore, open_sqlite_store
 from ._store import MemoryStore, Store
 from ._transports import StreamTransport, open_unix_listener, serve_ws
 
@@ -36,9 +37,17 @@ __all__ = ["Daemon", "open_store"]
 log = logging.getLogger("nexusd")
 
 
-async def open_store(config: Config) -> Store:
-    """The store the configuration asks for."""
-    return MemoryStore(retention=config.retention)
+async def open_store(config: Config, clock: WallClock) -> Store:
+    """The store the configuration asks for: SQLite in the data directory,
+    encrypted at rest, or for durability "memory" nothing on disk at all.
+
+    Raises:
+        StoreError, KeyRingError: the store or its keys cannot be opened.
+    """
+    if config.durability == "memory":
+        return MemoryStore(retention=config.retention)
+    return await open_sqlite_store(config.data, durability=config.durability,
+                                   retention_events=config.retention, clock=clock.now)
 
 
 def read_or_create_admin_key(data: Path) -> str:
@@ -91,9 +100,9 @@ class Daemon:
         config = self.config
         if self.admin_key is None and config.ws is not None:
             self.admin_key = read_or_create_admin_key(config.data)
-        if self.store is None:
-            self.store = await open_store(config)
         clock = WallClock()
+        if self.store is None:
+            self.store = await open_store(config, clock)
         self._started_at = trio.current_time()
         self._started_wall = time.time()
         try:
@@ -109,6 +118,10 @@ class Daemon:
                 self.reaper = self.registry.reaper = Reaper(self.registry, self.store, clock)
                 async with trio.open_nursery() as services:
                     await services.start(self.reaper.run)
+                    if isinstance(self.store, SqliteStore):
+                        # After a key rotation, move data keys to the current
+                        # master key; values are never rewritten.
+                        services.start_soon(self._rewrap_keys, self.store)
                     async with trio.open_nursery() as connections:
                         async with trio.open_nursery() as listeners:
                             await self._listen(listeners, connections)
@@ -129,6 +142,12 @@ class Daemon:
             self.stopped.set()
         log.info("stopped")
 
+    async def _rewrap_keys(self, store: SqliteStore) -> None:
+        moved = await store.rewrap_keys()
+        if moved:
+            log.info("re-wrapped %d session keys under master key %s", moved,
+                     store.keyring.current)
+
     async def _listen(self, listeners: trio.Nursery, connections: trio.Nursery) -> None:
         """Starts each listener in `listeners`; connections run in `connections`."""
         config = self.config
@@ -138,6 +157,9 @@ class Daemon:
             self.connections[handler.connection_id] = handler
             try:
                 await handler.run()
+            except Exception:
+                # A bug in one connection must not take the others down.
+                log.exception("%s: connection failed", handler.connection_id)
             finally:
                 self.connections.pop(handler.connection_id, None)
                 if not self.connections:

@@ -126,12 +126,13 @@ class ConnectionHandler:
             while True:
                 try:
                     event = self.conn.next_event()
+                    if event is NEED_DATA:
+                        # With message framing, an oversized message is refused here.
+                        self.conn.receive_data(await self.transport.receive())
+                        continue
                 except RemoteProtocolError as exc:
                     await self._refuse(exc.code, exc.message)
                     return None
-                if event is NEED_DATA:
-                    self.conn.receive_data(await self.transport.receive())
-                    continue
                 if isinstance(event, ConnectionClosed):
                     return None
                 assert isinstance(event, Hello)
@@ -182,16 +183,16 @@ class ConnectionHandler:
         while True:
             try:
                 event = conn.next_event()
+                if event is NEED_DATA:
+                    # With message framing, an oversized message is refused here.
+                    conn.receive_data(await self.transport.receive())
+                    continue
             except RemoteProtocolError as exc:
                 if exc.fatal or exc.request_id is None:
                     log.info("%s: protocol error: %s", self.connection_id, exc.message)
                     outbox.reply(Error(code=exc.code.value, message=exc.message))
                     return
                 outbox.reply(Error(id=exc.request_id, code=exc.code.value, message=exc.message))
-                continue
-            if event is NEED_DATA:
-                data = await self.transport.receive()
-                conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed):
                 return

@@ -57,8 +57,9 @@ class Outbox:
             # failed meanwhile); there is nobody to tell.
             return
         self._frames.append(frame)
-        self._lot.unpark_all()
-        self._replied.unpark_all()
+        self._wake()
+        if self._replied:
+            self._replied.unpark_all()
         if self._closing and not self.conn.in_flight:
             self.close()
 
@@ -68,7 +69,7 @@ class Outbox:
         if self._closed:
             return
         self._frames.append(self.conn.send_encoded(body))
-        self._lot.unpark_all()
+        self._wake()
 
     def push_event(self, body: bytes) -> bool:
         """Queues an encoded event; False if the queue is full or closed."""
@@ -81,8 +82,14 @@ class Outbox:
             self._frames.append(self.conn.send_encoded(body))
         except LocalProtocolError:
             return False
-        self._lot.unpark_all()
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        # The writer is parked only when the queue was empty; checking first
+        # spares every other frame the cost of an empty unpark.
+        if self._lot:
+            self._lot.unpark_all()
 
     def close_when_answered(self) -> None:
         """Closes once every request in flight has its reply queued."""

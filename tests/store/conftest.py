@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from store_helpers import RETENTION, FakeWallClock
+
+from nexusd._crypto import KeyRing
+from nexusd._sqlite_store import SqliteStore, open_sqlite_store
+from nexusd._store import MemoryStore, Store
+
+
+@pytest.fixture
+def wall() -> FakeWallClock:
+    return FakeWallClock()
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing.generate()
+
+
+@pytest.fixture(params=["MemoryStore", "sqlite-memory", "sqlite-process"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path, keyring: KeyRing,
+                wall: FakeWallClock) -> AsyncIterator[Store]:
+    """Every store, configured with the same retention: the contract holds for all."""
+    s: Store
+    if request.param == "MemoryStore":
+        s = MemoryStore(retention=RETENTION)
+    else:
+        durability = request.param.removeprefix("sqlite-")
+        s = await open_sqlite_store(None if durability == "memory" else tmp_path,
+                                    durability=durability, keyring=keyring,
+                                    retention_events=RETENTION, clock=wall)
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path, keyring: KeyRing,
+                       wall: FakeWallClock) -> AsyncIterator[SqliteStore]:
+    s = await open_sqlite_store(tmp_path, keyring=keyring, retention_events=RETENTION,
+                                retention_seconds=3600.0, clock=wall)
+    try:
+        yield s
+    finally:
+        await s.aclose()
