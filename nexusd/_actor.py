@@ -50,6 +50,7 @@ from nexus_protocol import (
     UpdateContext,
     Value,
     Written,
+    check_value,
     decode_body,
     encode_body,
 )
@@ -353,16 +354,17 @@ class SessionActor:
             # Not a change, but the new token must be durable before it is shown.
             await self._flush()
             try:
-                reply = self._grant(env, req)
+                granted = self._grant(env, req)
             except RequestError as exc:
                 self._fail(env, exc)
                 return True
             await self.store.append(self.meta(), [])
-            self._deliver(env, reply)
+            self._deliver(env, granted)
             return True
         write = isinstance(req, WRITES)
         if not write:
             await self._flush()
+        reply: Message
         try:
             reply = self._serve(env, now)
         except RequestError as exc:
@@ -416,6 +418,7 @@ class SessionActor:
         if isinstance(req, Set):
             self._authorize(env, "write")
             self._expect(req.key, req.expect)
+            self._check_stored("the value", req.value)
             if req.key not in state.entries and len(state.entries) >= self.config.max_keys:
                 raise self._full()
             version = state.version_of(req.key) + 1
@@ -453,6 +456,8 @@ class SessionActor:
             return Ok(id=req.id)
         if isinstance(req, UpdateContext):
             self._authorize(env, "write")
+            for part in ("preferences", "history", "metrics"):
+                self._check_stored(part, getattr(req, part), room=1)
             ctx = dict(state.context)
             ctx["current_channel"] = req.channel or caller.channel
             if req.preferences is not None:
@@ -466,8 +471,10 @@ class SessionActor:
             return Written(id=req.id, seq=seq)
         if isinstance(req, SwitchBegin):
             self._authorize(env, "write")
+            self._check_stored("context", req.context, room=1)
+            transition_id = new_token()[4:20]
             transition = {
-                "transition_id": new_token()[4:20],
+                "transition_id": transition_id,
                 "from_channel": req.from_channel or state.context.get("current_channel"),
                 "to_channel": req.to_channel,
                 "reason": req.reason or "user_requested",
@@ -475,7 +482,7 @@ class SessionActor:
                 "started_at": now, "completed_at": None, "success": None,
             }
             seq = self._change(caller, now, "switch_begin", value=transition)
-            return Switched(id=req.id, seq=seq, transition_id=transition["transition_id"])
+            return Switched(id=req.id, seq=seq, transition_id=transition_id)
         if isinstance(req, SwitchComplete):
             self._authorize(env, "write")
             for t in state.transitions:
@@ -515,6 +522,18 @@ class SessionActor:
         self.tokens = {**self.tokens, hash_token(token): req.scope}
         return Granted(id=req.id, token=token, scope=req.scope)
 
+    def _check_stored(self, name: str, value: Any, room: int = 2) -> None:
+        """A stored value travels again inside `state`, `snapshot` and
+        `change` messages, up to `room` levels deeper than it arrived; it
+        must still fit the depth limit there."""
+        limit = self.registry.limits.max_depth - room
+        try:
+            check_value(value, limit)
+        except ValueError:
+            raise RequestError(ErrorCode.BAD_REQUEST,
+                               f"{name} nests deeper than {limit} levels, the most a "
+                               "session can hold") from None
+
     def _full(self) -> RequestError:
         return RequestError(ErrorCode.BAD_REQUEST,
                             f"the session already holds the maximum of {self.config.max_keys} keys")
@@ -545,6 +564,8 @@ class SessionActor:
                                f"more than {self.registry.limits.max_patch} keys in one patch")
         for key, expect in (req.expect or {}).items():
             self._expect(key, expect)
+        for key, v in req.set.items():
+            self._check_stored(f"the value of {key!r}", v)
         missing = [k for k in req.delete if k not in state.entries]
         if missing:
             raise RequestError(ErrorCode.NOT_FOUND, f"no keys {missing} in the session")

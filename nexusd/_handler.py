@@ -214,7 +214,7 @@ class ConnectionHandler:
     async def _dispatch(self, req: Message) -> None:
         caller = self.caller
         assert caller is not None
-        rid: int = req.id
+        rid: int = req.id  # type: ignore[attr-defined]
         try:
             if self.draining:
                 raise RequestError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",

@@ -5,14 +5,11 @@ class); `encode_body`/`decode_body` convert them; `Connection` runs the
 handshake and state machine over bytes. No sockets, no event loop, no clock.
 """
 
+from ._codec import check_value as check_value
 from ._codec import decode_body as decode_body
 from ._codec import encode_body as encode_body
 from ._codec import frame as frame
 from ._codec import validate as validate
-from ._defaults import DEFAULT_WS_HOST as DEFAULT_WS_HOST
-from ._defaults import DEFAULT_WS_PORT as DEFAULT_WS_PORT
-from ._defaults import default_socket_path as default_socket_path
-from ._defaults import default_state_dir as default_state_dir
 from ._connection import NEED_DATA as NEED_DATA
 from ._connection import PROTOCOL_VERSIONS as PROTOCOL_VERSIONS
 from ._connection import TRANSITIONS as TRANSITIONS
@@ -22,6 +19,10 @@ from ._connection import Framing as Framing
 from ._connection import NeedData as NeedData
 from ._connection import Side as Side
 from ._connection import State as State
+from ._defaults import DEFAULT_WS_HOST as DEFAULT_WS_HOST
+from ._defaults import DEFAULT_WS_PORT as DEFAULT_WS_PORT
+from ._defaults import default_socket_path as default_socket_path
+from ._defaults import default_state_dir as default_state_dir
 from ._errors import FATAL_CODES as FATAL_CODES
 from ._errors import ErrorCode as ErrorCode
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -67,7 +68,7 @@ from ._messages import Sessions as Sessions
 from ._messages import Set as Set
 from ._messages import Shutdown as Shutdown
 from ._messages import Snapshot as Snapshot
-from ._messages import State as StateReply
+from ._messages import StateReply as StateReply
 from ._messages import Stats as Stats
 from ._messages import Summary as Summary
 from ._messages import SwitchBegin as SwitchBegin

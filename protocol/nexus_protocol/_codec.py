@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import types
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -17,9 +18,9 @@ import msgpack
 
 from ._errors import ErrorCode, RemoteProtocolError
 from ._limits import DEFAULT_LIMITS, Limits
-from ._messages import MESSAGE_TYPES, Kind, Message
+from ._messages import MESSAGE_TYPES, Kind, Message, Patch
 
-__all__ = ["FRAME_HEADER", "decode_body", "encode_body", "frame", "validate"]
+__all__ = ["FRAME_HEADER", "check_value", "decode_body", "encode_body", "frame", "validate"]
 
 FRAME_HEADER: Final = struct.Struct(">I")
 
@@ -36,6 +37,61 @@ def _bad(message: str, request_id: int | None = None) -> RemoteProtocolError:
 def _check_depth(value: Any, limit: int) -> None:
     """Raises ValueError if `value` nests deeper than `limit`, or holds a
     type outside the msgpack core (extension types) or a non-string map key."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        if limit > _RECURSION_LIMIT:
+            _check_depth_iteratively(value, limit)
+        elif not _walk(value, limit):
+            raise ValueError(f"nesting deeper than {limit}")
+    elif kind not in _SCALARS:
+        raise ValueError(f"unsupported value type {kind.__name__}")
+
+
+def check_value(value: Any, max_depth: int) -> None:
+    """Checks that `value` is a protocol value nested at most `max_depth` deep.
+
+    Raises:
+        ValueError: saying what is wrong.
+    """
+    _check_depth(value, max_depth)
+
+
+# Values are checked by recursion, which is faster than an explicit
+# stack; a limit above this one is checked iteratively so that the check
+# itself can never run out of Python stack.
+_RECURSION_LIMIT: Final = 200
+
+
+def _walk(item: Any, room: int) -> bool:
+    """False if the container `item` nests more than `room` levels deep;
+    ValueError for a non-string key or a type outside the msgpack core."""
+    if room <= 0:
+        return False
+    room -= 1
+    if type(item) is dict:
+        for k, v in item.items():
+            if type(k) is not str:
+                raise ValueError("map keys must be strings")
+            t = type(v)
+            if t in _SCALARS:
+                continue
+            if t is not dict and t is not list:
+                raise ValueError(f"unsupported value type {t.__name__}")
+            if not _walk(v, room):
+                return False
+    else:
+        for v in item:
+            t = type(v)
+            if t in _SCALARS:
+                continue
+            if t is not dict and t is not list:
+                raise ValueError(f"unsupported value type {t.__name__}")
+            if not _walk(v, room):
+                return False
+    return True
+
+
+def _check_depth_iteratively(value: Any, limit: int) -> None:
     stack = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -139,20 +195,17 @@ class _FieldSpec:
     name: str
     kind: Kind
     required: bool
+    default: Any  # a value, an attrs.Factory, or attrs.NOTHING when required
 
 
 def _specs(cls: type[Message]) -> tuple[_FieldSpec, ...]:
     return tuple(
-        _FieldSpec(f.name, f.metadata["kind"], f.default is attrs.NOTHING)
+        _FieldSpec(f.name, f.metadata["kind"], f.default is attrs.NOTHING, f.default)
         for f in attrs.fields(cls)  # type: ignore[arg-type]
     )
 
 
 _SPECS: Final = {cls: _specs(cls) for cls in MESSAGE_TYPES.values()}
-
-# Kinds whose wire form needs no checking beyond its Python type; the decoder
-# tests these inline, which keeps the common frames cheap.
-_PLAIN: Final = {Kind.STR: str, Kind.UINT: int, Kind.BOOL: bool}
 
 
 def _make_encoder(cls: type[Message]) -> Callable[[Message], dict[str, Any]]:
@@ -166,7 +219,135 @@ def _make_encoder(cls: type[Message]) -> Callable[[Message], dict[str, Any]]:
 
 
 _ENCODERS: Final = {cls: _make_encoder(cls) for cls in MESSAGE_TYPES.values()}
-_packb: Final = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_packb: Final[Callable[[Any], bytes]] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# The unpackb defaults that matter here: raw=False (str as str, bin as bytes),
+# use_list=True, timestamp=0.
+_unpackb: Final = msgpack.unpackb
+
+
+def _request_id(obj: dict[Any, Any]) -> int | None:
+    rid = obj.get("id")
+    return rid if type(rid) is int and rid >= 0 else None
+
+
+def _missing_field(obj: dict[Any, Any], tag: str, name: str) -> RemoteProtocolError:
+    return _bad(f"{tag}: missing field {name!r}", _request_id(obj))
+
+
+def _decode_field(kind: Kind, v: Any, limits: Limits, obj: dict[Any, Any],
+                  tag: str, name: str) -> Any:
+    try:
+        return _check(kind, v, limits)
+    except ValueError as exc:
+        raise _bad(f"{tag}: field {name!r} {exc}", _request_id(obj)) from None
+
+
+def _decode_nested(v: Any, limits: Limits, obj: dict[Any, Any], tag: str, name: str) -> None:
+    try:
+        _check_depth(v, limits.max_depth)
+    except ValueError as exc:
+        raise _bad(f"{tag}: field {name!r} {exc}", _request_id(obj)) from None
+
+
+# For kinds whose usual wire value passes one inline test, that test; a value
+# failing it (or of another kind) goes through `_check`, which says why.
+# VALUE, MAP and LIST values that pass it still have their content checked.
+_FAST: Final = {
+    Kind.STR: "type({v}) is str",
+    Kind.UINT: "type({v}) is int and {v} >= 0",
+    Kind.BOOL: "type({v}) is bool",
+    Kind.FLOAT: "type({v}) is float and _isfinite({v})",
+    Kind.KEY: "type({v}) is str and 0 < len({v}) <= short_key",
+    Kind.MAP: "type({v}) is dict",
+    Kind.LIST: "type({v}) is list",
+}
+_NESTED: Final = frozenset({Kind.VALUE, Kind.MAP, Kind.LIST})
+
+
+def _plain_slots(cls: type[Message]) -> bool:
+    """True if attrs' __init__ of `cls` only stores its arguments."""
+    return (
+        "__slots__" in cls.__dict__
+        and not hasattr(cls, "__attrs_post_init__")
+        and not hasattr(cls, "__attrs_pre_init__")
+        and all(f.validator is None and f.converter is None
+                for f in attrs.fields(cls))  # type: ignore[arg-type]
+        and all(isinstance(cls.__dict__.get(s.name), types.MemberDescriptorType)
+                for s in _SPECS[cls])
+    )
+
+
+def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits], Message]:
+    # Compiled once per class, like the encoder: a loop over field specs costs
+    # more than the msgpack parse of a typical frame. The generated code does
+    # exactly what `validate` does, field by field, in declaration order; nil
+    # stands for absent except in VALUE fields, where it is a value.
+    specs = _SPECS[cls]
+    ns: dict[str, Any] = {
+        "cls": cls, "TAG": cls.TAG, "_MISSING": _MISSING, "_SCALARS": _SCALARS,
+        "_isfinite": math.isfinite, "_field": _decode_field, "_missing": _missing_field,
+        "_nested": _decode_nested,
+    }
+    lines = ["def from_wire(obj, limits):", "    get = obj.get"]
+    if any(s.kind is Kind.KEY for s in specs):
+        # len(key) <= max_key // 4 guarantees at most max_key UTF-8 bytes.
+        lines.append("    short_key = limits.max_key >> 2")
+    for i, s in enumerate(specs):
+        v, name = f"v{i}", repr(s.name)
+        ns[f"K{i}"] = s.kind
+        slow = f"{v} = _field(K{i}, {v}, limits, obj, TAG, {name})"
+        nested = f"_nested({v}, limits, obj, TAG, {name})"
+        if s.kind is Kind.VALUE:
+            if s.required:
+                lines += [f"    {v} = get({name}, _MISSING)",
+                          f"    if {v} is _MISSING:",
+                          f"        raise _missing(obj, TAG, {name})"]
+            else:
+                assert s.default is None, "optional VALUE fields default to nil"
+                lines.append(f"    {v} = get({name})")
+            lines += [f"    if type({v}) not in _SCALARS:", f"        {nested}"]
+            continue
+        if s.required:
+            absent = f"raise _missing(obj, TAG, {name})"
+        elif isinstance(s.default, attrs.Factory):  # type: ignore[arg-type]
+            ns[f"D{i}"] = s.default.factory
+            absent = f"{v} = D{i}()"
+        else:
+            ns[f"D{i}"] = s.default
+            absent = f"{v} = D{i}"
+        lines.append(f"    {v} = get({name})")
+        fast = _FAST.get(s.kind)
+        indent = "    "
+        if fast is not None:
+            lines.append(f"    if not ({fast.format(v=v)}):")
+            indent = "        "
+        lines += [f"{indent}if {v} is None:", f"{indent}    {absent}",
+                  f"{indent}else:", f"{indent}    {slow}"]
+        if s.kind in _NESTED:
+            lines += ["    else:", f"        {nested}"]
+    if _plain_slots(cls):
+        # The checked values go straight into the slots: for these classes
+        # attrs' __init__ would do the same, behind a keyword-argument call
+        # that costs as much as the checks above.
+        lines.append("    m = _new(cls)")
+        for i, s in enumerate(specs):
+            ns[f"S{i}"] = cls.__dict__[s.name].__set__
+            lines.append(f"    S{i}(m, v{i})")
+        lines.append("    return m")
+        ns["_new"] = object.__new__
+    else:
+        args = ", ".join(f"{s.name}=v{i}" for i, s in enumerate(specs))
+        lines.append(f"    return cls({args})")
+    exec("\n".join(lines) + "\n", ns)
+    return ns["from_wire"]  # type: ignore[no-any-return]
+
+
+_DECODERS: Final = {tag: _make_decoder(cls) for tag, cls in MESSAGE_TYPES.items()}
+
+
+def _check_patch(message: Patch, limits: Limits) -> None:
+    if len(message.set) + len(message.delete) > limits.max_patch:
+        raise ValueError(f"patch: sets and deletes more than {limits.max_patch} keys")
 
 
 def encode_body(message: Message) -> bytes:
@@ -201,10 +382,10 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             ErrorCode.TOO_LARGE, fatal=True,
         )
     try:
-        obj = msgpack.unpackb(
-            body, raw=False, strict_map_key=False, ext_hook=_reject_ext,
-            timestamp=0, use_list=True,
-        )
+        # msgpack decodes the timestamp extension (-1) itself, without asking
+        # ext_hook; max_ext_len=0 makes it refuse that one too. Other
+        # extensions with no data still reach ext_hook.
+        obj = _unpackb(body, strict_map_key=False, ext_hook=_reject_ext, max_ext_len=0)
     except UnicodeDecodeError:
         raise _bad("invalid UTF-8 in a string") from None
     except msgpack.ExtraData:
@@ -212,37 +393,26 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     except msgpack.StackError:
         raise _bad("nesting too deep") from None
     except ValueError as exc:
-        raise _bad(f"malformed msgpack: {exc}") from None
+        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
+            raise _bad("msgpack extension types are not allowed") from None
+        raise _bad(f"malformed msgpack: {exc}" if str(exc) else "malformed msgpack") from None
     except Exception:
         raise _bad("malformed msgpack") from None
     if type(obj) is not dict:
         raise _bad("a body must be a msgpack map")
     tag = obj.get("t")
-    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
-    request_id = obj.get("id")
-    if type(request_id) is not int or request_id < 0:
-        request_id = None
-    if cls is None:
+    decoder = _DECODERS.get(tag) if type(tag) is str else None
+    if decoder is None:
         if tag is None:
-            raise _bad("missing message type 't'", request_id)
-        raise _bad(f"unknown message type {tag!r}", request_id)
-    kwargs: dict[str, Any] = {}
-    for spec in _SPECS[cls]:
-        name = spec.name
-        v = obj.get(name, _MISSING)
-        if v is _MISSING or (v is None and spec.kind not in _NIL_IS_VALUE):
-            if spec.required:
-                raise _bad(f"{tag}: missing field {name!r}", request_id)
-            continue
-        plain = _PLAIN.get(spec.kind)
-        if plain is not None and type(v) is plain and (plain is not int or v >= 0):
-            kwargs[name] = v
-            continue
+            raise _bad("missing message type 't'", _request_id(obj))
+        raise _bad(f"unknown message type {tag!r}", _request_id(obj))
+    message = decoder(obj, limits)
+    if type(message) is Patch:
         try:
-            kwargs[name] = _check(spec.kind, v, limits)
+            _check_patch(message, limits)
         except ValueError as exc:
-            raise _bad(f"{tag}: field {name!r} {exc}", request_id) from None
-    return cls(**kwargs)
+            raise _bad(str(exc), _request_id(obj)) from None
+    return message
 
 
 def validate(message: Message, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -261,3 +431,5 @@ def validate(message: Message, limits: Limits = DEFAULT_LIMITS) -> None:
             _check(spec.kind, v, limits)
         except ValueError as exc:
             raise ValueError(f"{message.TAG}: field {spec.name!r} {exc}") from None
+    if type(message) is Patch:
+        _check_patch(message, limits)

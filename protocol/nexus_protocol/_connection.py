@@ -20,13 +20,13 @@ from ._messages import Error, Hello, Message, Role, Welcome
 __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSIONS",
+    "TRANSITIONS",
     "Connection",
     "ConnectionClosed",
     "Framing",
     "NeedData",
     "Side",
     "State",
-    "TRANSITIONS",
 ]
 
 #: The protocol versions this implementation speaks, newest last.
@@ -186,6 +186,10 @@ class Connection:
         if not data:
             self._eof = True
             return
+        if self.state is State.CLOSED:
+            # Nothing more will be read: keeping it would let a peer that
+            # goes on sending after a fatal error fill our memory.
+            return
         if self.framing is Framing.MESSAGE:
             if len(data) > self.limits.max_frame:
                 raise self._fail(RemoteProtocolError(
@@ -267,8 +271,16 @@ class Connection:
             validate(message, self.limits)
         except ValueError as exc:
             raise LocalProtocolError(str(exc)) from None
+        try:
+            body = encode_body(message)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # What `validate` leaves to msgpack: integers beyond 64 bits,
+            # strings that are not valid Unicode.
+            raise LocalProtocolError(f"{message.TAG}: cannot encode: {exc}") from None
+        # Only a message that encodes and fits in a frame counts as sent.
+        data = self._frame(body)
         self._advance(_SEND, message)
-        return self._frame(encode_body(message))
+        return data
 
     def send_encoded(self, body: bytes) -> bytes:
         """The bytes to write for an event body already encoded (server side).
@@ -353,6 +365,8 @@ class Connection:
             self._in_flight.discard(rid)
 
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
+        # A closed connection can answer no request, only the connection.
+        exc.request_id = None
         self.state = State.CLOSED
         self._buffer.clear()
         self._bodies.clear()

@@ -54,6 +54,7 @@ __all__ = [
     "Shutdown",
     "Snapshot",
     "State",
+    "StateReply",
     "Stats",
     "Summary",
     "SwitchBegin",
@@ -128,13 +129,12 @@ def _message(tag: str, role: Role) -> Callable[[_M], _M]:
     return register
 
 
-_frozen = attrs.frozen(kw_only=True)
 
 # ---------------------------------------------------------------- handshake
 
 
 @_message("hello", Role.HELLO)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Hello(Message):
     """Opens a connection: the protocol versions spoken and who is calling."""
 
@@ -145,7 +145,7 @@ class Hello(Message):
 
 
 @_message("welcome", Role.WELCOME)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Welcome(Message):
     """Accepts a hello: the chosen version and the connection's identity."""
 
@@ -157,7 +157,7 @@ class Welcome(Message):
 
 
 @_message("shutdown", Role.SHUTDOWN)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Shutdown(Message):
     """The server stops: no new requests; replies in flight still arrive."""
 
@@ -169,13 +169,13 @@ class Shutdown(Message):
 
 
 @_message("ping", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Ping(Message):
     id: int = _field(Kind.UINT)
 
 
 @_message("create", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Create(Message):
     """Creates a session. `channel` defaults to the connection's channel."""
 
@@ -188,7 +188,7 @@ class Create(Message):
 
 
 @_message("attach", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Attach(Message):
     """Subscribes to a session's changes, resuming after `since` if given."""
 
@@ -201,14 +201,14 @@ class Attach(Message):
 
 
 @_message("detach", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Detach(Message):
     id: int = _field(Kind.UINT)
     session_id: str = _field(Kind.STR)
 
 
 @_message("get", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Get(Message):
     """Reads one key (`key` set) or the whole state (`key` nil)."""
 
@@ -219,7 +219,7 @@ class Get(Message):
 
 
 @_message("set", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Set(Message):
     """Writes one key; `expect` is the version the writer last saw (0: absent)."""
 
@@ -232,7 +232,7 @@ class Set(Message):
 
 
 @_message("delete", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Delete(Message):
     id: int = _field(Kind.UINT)
     session_id: str = _field(Kind.STR)
@@ -242,7 +242,7 @@ class Delete(Message):
 
 
 @_message("patch", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Patch(Message):
     """Sets and deletes several keys in one change, all or nothing."""
 
@@ -255,7 +255,7 @@ class Patch(Message):
 
 
 @_message("update_context", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class UpdateContext(Message):
     """Replaces the parts of the session context that are given."""
 
@@ -269,7 +269,7 @@ class UpdateContext(Message):
 
 
 @_message("switch_begin", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class SwitchBegin(Message):
     """Starts a channel transition; the reply carries its `transition_id`."""
 
@@ -283,7 +283,7 @@ class SwitchBegin(Message):
 
 
 @_message("switch_complete", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class SwitchComplete(Message):
     id: int = _field(Kind.UINT)
     session_id: str = _field(Kind.STR)
@@ -293,7 +293,7 @@ class SwitchComplete(Message):
 
 
 @_message("renew", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Renew(Message):
     """Extends the absolute expiry to now + `ttl` (default: the session's ttl)."""
 
@@ -304,7 +304,7 @@ class Renew(Message):
 
 
 @_message("invalidate", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Invalidate(Message):
     """Ends a session now; its data becomes unrecoverable."""
 
@@ -315,7 +315,7 @@ class Invalidate(Message):
 
 
 @_message("sync", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Sync(Message):
     """The session as seen from `channel`; records that channel's activity."""
 
@@ -326,7 +326,7 @@ class Sync(Message):
 
 
 @_message("summary", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Summary(Message):
     """Analytics of one session: duration, events, channels, workflows."""
 
@@ -336,7 +336,7 @@ class Summary(Message):
 
 
 @_message("grant", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Grant(Message):
     """Mints another token for the session with `scope` (read, write, admin)."""
 
@@ -347,7 +347,7 @@ class Grant(Message):
 
 
 @_message("list_sessions", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class ListSessions(Message):
     """Admin: sessions in id order, `limit` at a time, after the id `after`."""
 
@@ -357,7 +357,7 @@ class ListSessions(Message):
 
 
 @_message("stats", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Stats(Message):
     """Admin: daemon health, counts and uptime."""
 
@@ -365,7 +365,7 @@ class Stats(Message):
 
 
 @_message("analytics", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Analytics(Message):
     """Admin: channel usage and workflow performance across sessions."""
 
@@ -373,7 +373,7 @@ class Analytics(Message):
 
 
 @_message("run", Role.REQUEST)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Run(Message):
     """Runs a workflow in the session (reserved: answered `unavailable` in v1)."""
 
@@ -389,13 +389,13 @@ class Run(Message):
 
 
 @_message("pong", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Pong(Message):
     id: int = _field(Kind.UINT)
 
 
 @_message("ok", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Ok(Message):
     """Success with nothing to report (detach, invalidate)."""
 
@@ -403,7 +403,7 @@ class Ok(Message):
 
 
 @_message("error", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Error(Message):
     """A request failed (`id` set), or the connection did (`id` nil).
 
@@ -417,7 +417,7 @@ class Error(Message):
 
 
 @_message("created", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Created(Message):
     """A new session. `token` (admin scope) is shown this once."""
 
@@ -430,7 +430,7 @@ class Created(Message):
 
 
 @_message("attached", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Attached(Message):
     """Subscribed. `recovered`: the changes after `since` follow as `change`
     events; otherwise a `snapshot` event follows."""
@@ -444,7 +444,7 @@ class Attached(Message):
 
 
 @_message("written", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Written(Message):
     """A durable change: its `seq`, and the new version of each key written."""
 
@@ -455,7 +455,7 @@ class Written(Message):
 
 
 @_message("value", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Value(Message):
     """One entry. A key never written has `version` 0 and nil `value`."""
 
@@ -468,7 +468,7 @@ class Value(Message):
 
 
 @_message("state", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class State(Message):
     """The whole session: entries, context and deadlines, as of `seq`."""
 
@@ -482,8 +482,13 @@ class State(Message):
     idle_expires_at: float | None = _field(Kind.FLOAT, None)
 
 
+#: `State` under the name the package exports (`nexus_protocol.State` is the
+#: connection state).
+StateReply = State
+
+
 @_message("switched", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Switched(Message):
     id: int = _field(Kind.UINT)
     seq: int = _field(Kind.UINT)
@@ -491,7 +496,7 @@ class Switched(Message):
 
 
 @_message("renewed", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Renewed(Message):
     id: int = _field(Kind.UINT)
     seq: int = _field(Kind.UINT)
@@ -499,7 +504,7 @@ class Renewed(Message):
 
 
 @_message("granted", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Granted(Message):
     id: int = _field(Kind.UINT)
     token: str = _field(Kind.STR)
@@ -507,7 +512,7 @@ class Granted(Message):
 
 
 @_message("report", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Report(Message):
     """The answer to `summary`, `stats` and `analytics`."""
 
@@ -516,7 +521,7 @@ class Report(Message):
 
 
 @_message("sessions", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Sessions(Message):
     """A page of `list_sessions`; `after` continues it, nil at the end."""
 
@@ -526,7 +531,7 @@ class Sessions(Message):
 
 
 @_message("run_started", Role.REPLY)
-@_frozen
+@attrs.frozen(kw_only=True)
 class RunStarted(Message):
     id: int = _field(Kind.UINT)
     run_id: str = _field(Kind.STR)
@@ -537,7 +542,7 @@ class RunStarted(Message):
 
 
 @_message("snapshot", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Snapshot(Message):
     """The whole state after an attach that could not replay history.
 
@@ -554,7 +559,7 @@ class Snapshot(Message):
 
 
 @_message("change", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Change(Message):
     """One change to a session, in `seq` order. `op` says what changed:
     set, delete, patch, context, switch_begin, switch_complete, renew, run."""
@@ -571,7 +576,7 @@ class Change(Message):
 
 
 @_message("presence", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Presence(Message):
     """A connection joined or left the session (`action`: join, leave)."""
 
@@ -583,7 +588,7 @@ class Presence(Message):
 
 
 @_message("lagged", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Lagged(Message):
     """This subscriber fell behind and is detached; resume after `seq`."""
 
@@ -592,7 +597,7 @@ class Lagged(Message):
 
 
 @_message("expired", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Expired(Message):
     """The session reached its deadline (`reason`: ttl, idle) and is gone."""
 
@@ -601,14 +606,14 @@ class Expired(Message):
 
 
 @_message("invalidated", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Invalidated(Message):
     session_id: str = _field(Kind.STR)
     reason: str = _field(Kind.STR, "")
 
 
 @_message("progress", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Progress(Message):
     """Workflow progress (reserved)."""
 
@@ -619,7 +624,7 @@ class Progress(Message):
 
 
 @_message("result", Role.EVENT)
-@_frozen
+@attrs.frozen(kw_only=True)
 class Result(Message):
     """Workflow outcome (reserved). `status`: completed, failed, cancelled."""
 
