@@ -11,7 +11,7 @@ import math
 import struct
 import types
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import attrs
 import msgpack
@@ -277,7 +277,7 @@ def _plain_slots(cls: type[Message]) -> bool:
     )
 
 
-def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits], Message]:
+def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits, bool], Message]:
     # Compiled once per class, like the encoder: a loop over field specs costs
     # more than the msgpack parse of a typical frame. The generated code does
     # exactly what `validate` does, field by field, in declaration order; nil
@@ -288,7 +288,7 @@ def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits], Mess
         "_isfinite": math.isfinite, "_field": _decode_field, "_missing": _missing_field,
         "_nested": _decode_nested,
     }
-    lines = ["def from_wire(obj, limits):", "    get = obj.get"]
+    lines = ["def from_wire(obj, limits, shallow):", "    get = obj.get"]
     if any(s.kind is Kind.KEY for s in specs):
         # len(key) <= max_key // 4 guarantees at most max_key UTF-8 bytes.
         lines.append("    short_key = limits.max_key >> 2")
@@ -305,7 +305,7 @@ def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits], Mess
             else:
                 assert s.default is None, "optional VALUE fields default to nil"
                 lines.append(f"    {v} = get({name})")
-            lines += [f"    if type({v}) not in _SCALARS:", f"        {nested}"]
+            lines += [f"    if not shallow and type({v}) not in _SCALARS:", f"        {nested}"]
             continue
         if s.required:
             absent = f"raise _missing(obj, TAG, {name})"
@@ -324,7 +324,7 @@ def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits], Mess
         lines += [f"{indent}if {v} is None:", f"{indent}    {absent}",
                   f"{indent}else:", f"{indent}    {slow}"]
         if s.kind in _NESTED:
-            lines += ["    else:", f"        {nested}"]
+            lines += ["    elif not shallow:", f"        {nested}"]
     if _plain_slots(cls):
         # The checked values go straight into the slots: for these classes
         # attrs' __init__ would do the same, behind a keyword-argument call
@@ -364,6 +364,24 @@ def frame(body: bytes) -> bytes:
     return FRAME_HEADER.pack(len(body)) + body
 
 
+# Every array or map begins with one of these bytes; so does much else, but
+# their count in a body bounds how deep anything in it can nest.
+_CONTAINER_BYTES: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+# Binary strings and extension types begin with one of these.
+_BIN_EXT_BYTES: Final = bytes([0xC4, 0xC5, 0xC6, 0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8])
+
+
+def _shallow(body: bytes, limits: Limits) -> bool:
+    """True if `body`, parsed with msgpack's defaults (string map keys only),
+    can hold no extension type, no binary map key, and nothing nested past
+    the limit: then its values need no walk.
+
+    Most frames qualify: few container headers, no binary data.
+    """
+    return (len(body.translate(None, _BIN_EXT_BYTES)) == len(body)
+            and len(body) - len(body.translate(None, _CONTAINER_BYTES)) <= limits.max_depth)
+
+
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
@@ -381,23 +399,24 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             f"frame of {len(body)} bytes exceeds the limit of {limits.max_frame}",
             ErrorCode.TOO_LARGE, fatal=True,
         )
+    shallow = _shallow(body, limits)
     try:
-        # msgpack decodes the timestamp extension (-1) itself, without asking
-        # ext_hook; max_ext_len=0 makes it refuse that one too. Other
-        # extensions with no data still reach ext_hook.
-        obj = _unpackb(body, strict_map_key=False, ext_hook=_reject_ext, max_ext_len=0)
-    except UnicodeDecodeError:
-        raise _bad("invalid UTF-8 in a string") from None
-    except msgpack.ExtraData:
-        raise _bad("trailing bytes after the msgpack body") from None
-    except msgpack.StackError:
-        raise _bad("nesting too deep") from None
-    except ValueError as exc:
-        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
-            raise _bad("msgpack extension types are not allowed") from None
-        raise _bad(f"malformed msgpack: {exc}" if str(exc) else "malformed msgpack") from None
-    except Exception:
-        raise _bad("malformed msgpack") from None
+        if shallow:
+            obj = _unpackb(body)
+        else:
+            # msgpack decodes the timestamp extension (-1) itself, without
+            # asking ext_hook; max_ext_len=0 makes it refuse that one too.
+            # Non-string map keys are allowed in the envelope (ignored like
+            # any unknown key) and refused inside values by the walk.
+            obj = _unpackb(body, strict_map_key=False, ext_hook=_reject_ext, max_ext_len=0)
+    except Exception as exc:
+        if not shallow or "map key" not in str(exc):
+            _unpack_failed(exc)
+        try:
+            obj = _unpackb(body, strict_map_key=False, ext_hook=_reject_ext, max_ext_len=0)
+        except Exception as again:
+            _unpack_failed(again)
+        shallow = False
     if type(obj) is not dict:
         raise _bad("a body must be a msgpack map")
     tag = obj.get("t")
@@ -406,13 +425,27 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         if tag is None:
             raise _bad("missing message type 't'", _request_id(obj))
         raise _bad(f"unknown message type {tag!r}", _request_id(obj))
-    message = decoder(obj, limits)
+    message = decoder(obj, limits, shallow)
     if type(message) is Patch:
         try:
             _check_patch(message, limits)
         except ValueError as exc:
             raise _bad(str(exc), _request_id(obj)) from None
     return message
+
+
+def _unpack_failed(exc: BaseException) -> NoReturn:
+    """Raises the protocol error for a body msgpack could not parse."""
+    if isinstance(exc, UnicodeDecodeError):
+        raise _bad("invalid UTF-8 in a string") from None
+    if isinstance(exc, msgpack.ExtraData):
+        raise _bad("trailing bytes after the msgpack body") from None
+    if isinstance(exc, msgpack.StackError):
+        raise _bad("nesting too deep") from None
+    text = str(exc) if isinstance(exc, ValueError) else ""
+    if "max_ext_len" in text or "timestamp" in text:
+        raise _bad("msgpack extension types are not allowed") from None
+    raise _bad(f"malformed msgpack: {text}" if text else "malformed msgpack") from None
 
 
 def validate(message: Message, limits: Limits = DEFAULT_LIMITS) -> None:
