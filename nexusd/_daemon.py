@@ -37,7 +37,7 @@ __all__ = ["Daemon", "open_store"]
 log = logging.getLogger("nexusd")
 
 
-async def open_store(config: Config, clock: WallClock) -> Store:
+async def open_store(config: Config) -> Store:
     """The store the configuration asks for: SQLite in the data directory,
     encrypted at rest, or for durability "memory" nothing on disk at all.
 
@@ -46,8 +46,10 @@ async def open_store(config: Config, clock: WallClock) -> Store:
     """
     if config.durability == "memory":
         return MemoryStore(retention=config.retention)
+    # The store reads its clock in its writer thread, where trio's clock (and
+    # so `WallClock.now`) cannot be read: it gets the plain wall clock.
     return await open_sqlite_store(config.data, durability=config.durability,
-                                   retention_events=config.retention, clock=clock.now)
+                                   retention_events=config.retention, clock=time.time)
 
 
 def read_or_create_admin_key(data: Path) -> str:
@@ -102,7 +104,7 @@ class Daemon:
             self.admin_key = read_or_create_admin_key(config.data)
         clock = WallClock()
         if self.store is None:
-            self.store = await open_store(config, clock)
+            self.store = await open_store(config)
         self._started_at = trio.current_time()
         self._started_wall = time.time()
         try:

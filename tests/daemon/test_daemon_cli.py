@@ -1,0 +1,123 @@
+"""`nexusd serve` as a user runs it: a real process, real sockets, SIGTERM.
+
+These tests run on the real clock: the daemon is another process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nexus_protocol as p
+import trio
+from raw_client import connect_unix, connect_ws
+
+from nexusd._config import FIELDS
+
+NEXUSD = [sys.executable, "-m", "nexusd"]
+
+
+def _environ(tmp_path: Path) -> dict[str, str]:
+    """The test's environment, without settings that would leak into the daemon."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUSD_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # no config file there
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "200"  # help text unwrapped, whatever the terminal
+    return env
+
+
+async def test_serve_answers_then_exits_cleanly_on_sigterm(tmp_path: Path,
+                                                           socket_dir: Path) -> None:
+    sock = socket_dir / "n.sock"
+    command = [*NEXUSD, "serve", "--socket", str(sock), "--ws", "127.0.0.1:0",
+               "--data", str(tmp_path / "data"), "--shutdown-grace", "5s"]
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE,
+                                               env=_environ(tmp_path))
+    assert process.stderr is not None
+    log = b""
+    try:
+        # Started: both listeners say where they are.
+        with trio.fail_after(30):
+            while b"listening on ws://" not in log or b"listening on unix:" not in log:
+                chunk = await process.stderr.receive_some()
+                assert chunk, f"nexusd exited early:\n{log.decode()}"
+                log += chunk
+        port = int(re.search(rb"listening on ws://127\.0\.0\.1:(\d+)/", log)[1])  # type: ignore[index]
+        assert port != 0
+        assert sock.exists() and (sock.stat().st_mode & 0o777) == 0o600
+
+        async with connect_unix(sock, channel="cli") as cli, connect_ws(port) as web:
+            created = await cli.call(p.Create, ttl=60)
+            assert isinstance(created, p.Created)
+            sid = created.session_id
+            written = await cli.call(p.Set, session_id=sid, key="greeting", value="hello")
+            assert isinstance(written, p.Written) and written.seq == 1
+            value = await web.call(p.Get, session_id=sid, key="greeting", token=created.token)
+            assert isinstance(value, p.Value)
+            assert (value.value, value.version, value.channel) == ("hello", 1, "cli")
+            await web.call(p.Attach, session_id=sid, token=created.token)
+            await web.next_of(p.Snapshot)
+
+            process.send_signal(signal.SIGTERM)
+            # Connected clients are told, then let go.
+            assert isinstance(await web.next_event(), p.Shutdown)
+            assert await web.wait_closed() == []
+            assert isinstance(await cli.next_event(), p.Shutdown)
+            assert await cli.wait_closed() == []
+        with trio.fail_after(15):
+            code = await process.wait()
+            log += await _read_rest(process.stderr)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.move_on_after(5):
+                await process.wait()
+    text = log.decode()
+    assert code == 0, text
+    assert not sock.exists()
+    lines = text.splitlines()
+    assert len([line for line in lines if "listening on unix:" in line]) == 1
+    assert [line for line in lines if f"listening on unix:{sock}" in line]
+    ws_lines = [line for line in lines if "listening on ws://" in line]
+    assert len(ws_lines) == 1 and ws_lines[0].endswith(f"listening on ws://127.0.0.1:{port}/")
+    assert "received SIGTERM" in text
+    assert "Traceback" not in text
+
+
+async def _read_rest(stream: trio.abc.ReceiveStream) -> bytes:
+    rest = b""
+    while chunk := await stream.receive_some():
+        rest += chunk
+    return rest
+
+
+def test_help_names_every_flag(tmp_path: Path) -> None:
+    top = subprocess.run([*NEXUSD, "--help"], capture_output=True, text=True, timeout=30,
+                         env=_environ(tmp_path))
+    assert top.returncode == 0, top.stderr
+    assert "serve" in top.stdout and "--version" in top.stdout
+
+    serve = subprocess.run([*NEXUSD, "serve", "--help"], capture_output=True, text=True,
+                           timeout=30, env=_environ(tmp_path))
+    assert serve.returncode == 0, serve.stderr
+    flags = ["--config", *("--" + name.replace("_", "-") for name in FIELDS)]
+    missing = [flag for flag in flags if flag not in serve.stdout]
+    assert missing == []
+    # The help says which defaults apply, and a setting is never shown empty.
+    assert "(default: 1048576)" in serve.stdout
+    assert "NEXUSD_" in serve.stdout
+
+
+def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
+    result = subprocess.run([*NEXUSD, "serve", "--max-frame", "lots", "--socket", "off",
+                             "--ws", "off", "--data", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
+    assert result.returncode == 2
+    assert "max_frame" in result.stderr
+    result = subprocess.run([*NEXUSD], capture_output=True, text=True, timeout=30,
+                            env=_environ(tmp_path))
+    assert result.returncode == 2 and "serve" in result.stdout
