@@ -545,10 +545,14 @@ class SessionActor:
         exists = key in self.state.entries
         if expect == 0 and not exists:
             return
-        if expect != current or not exists:
+        if not exists:
+            deleted = f" (deleted at version {current})" if current else ""
             raise RequestError(ErrorCode.CONFLICT,
-                               f"key {key!r} is at version {current if exists else 0}, "
-                               f"not {expect}")
+                               f"key {key!r} does not exist{deleted}; expected version "
+                               f"{expect}")
+        if expect != current:
+            raise RequestError(ErrorCode.CONFLICT,
+                               f"key {key!r} is at version {current}, not {expect}")
 
     def _patch(self, env: Envelope, req: Patch, now: float) -> Message:
         self._authorize(env, "write")

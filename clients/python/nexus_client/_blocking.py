@@ -12,7 +12,7 @@ import contextlib
 import os
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -325,7 +325,7 @@ class Nexus:
         return self._call(self._client.ping)
 
     def watch(self, session_id: str, *, since: int | None = None,
-              channel: str | None = None) -> Iterator[Message]:
+              channel: str | None = None) -> Generator[Message, None, None]:
         """The session's events as a plain generator (see `Watch` for what it
         yields and its guarantees). It ends after `Expired`/`Invalidated`;
         close it (``break`` out of the loop) to detach.
