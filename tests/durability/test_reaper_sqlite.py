@@ -1,0 +1,218 @@
+"""The reaper on the durable SQLite store, in-process: dormant (hibernated)
+sessions expire at their deadline, found through the store's deadline index,
+and a crowd of dormant sessions costs the reaper nothing until one is due.
+
+The clock: the SQLite store works in threads. Under `autojump_clock`, trio
+sees a task waiting on a thread as idle and may jump virtual time to the next
+deadline (a hibernation, an expiry, a test's hard timeout) while the thread
+is still working, so what a test observes would depend on thread timing.
+These tests use a `MockClock` that runs at real speed (rate 1) and never
+jumps by itself (autojump_threshold infinite): threads take the time they
+take, `fail_after` bounds are real seconds, and the test alone moves time
+forward, with `clock.jump`, to just before and just after deadlines minutes
+or an hour away. (Real time with 1-2 s deadlines would also work, but could
+not tell "at the deadline" from "a little after" as sharply, and would cost
+those seconds.) Every wait for the daemon is a poll under a hard bound.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import nexus_protocol as p
+import pytest
+import trio
+from daemon_process import wait_until
+from raw_client import RawClient, connect_unix, make_config, run_daemon
+from trio.testing import MockClock
+
+from nexusd import Daemon
+from nexusd._auth import hash_token
+from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
+from nexusd._state import SessionState
+from nexusd._store import SessionMeta
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    """Real-time speed, jumps only when the test says (see the module docstring)."""
+    return MockClock(rate=1.0)
+
+
+def _sqlite(daemon: Daemon) -> SqliteStore:
+    assert isinstance(daemon.store, SqliteStore)
+    return daemon.store
+
+
+def _rows_of(data: Path, session_id: str) -> tuple[int, int]:
+    """(session rows, event rows) the database file holds for the session."""
+    with closing(sqlite3.connect(f"file:{data / DB_FILE}?mode=ro", uri=True)) as conn:
+        sessions = conn.execute("SELECT count(*) FROM sessions WHERE id = ?",
+                                (session_id,)).fetchone()[0]
+        events = conn.execute("SELECT count(*) FROM events WHERE session_id = ?",
+                              (session_id,)).fetchone()[0]
+    return sessions, events
+
+
+async def _create(c: RawClient, **fields: object) -> p.Created:
+    created = await c.call(p.Create, **fields)
+    assert isinstance(created, p.Created), created
+    for i in range(3):
+        assert isinstance(await c.call(p.Set, session_id=created.session_id, key=f"k{i}",
+                                       value=f"secret {i}"), p.Written)
+    return created
+
+
+async def test_dormant_sessions_expire_at_their_deadline(
+        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
+    data = tmp_path / "data"
+    config = make_config(data, socket_dir, ws=None, durability="process", hibernate_after=0.3)
+    async with run_daemon(config) as daemon:
+        assert daemon.socket_path is not None
+        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
+        async with connect_unix(daemon.socket_path) as c:
+            by_ttl = await _create(c, ttl=600, idle_timeout=3000)
+            by_idle = await _create(c, ttl=3600, idle_timeout=300)
+            kept = await _create(c, ttl=7200, idle_timeout=7200)
+            idle_deadline = (await _sessions(c))[by_idle.session_id]["idle_expires_at"]
+
+        # All three hibernate, their snapshots written (at seq 3).
+        await wait_until(lambda: daemon.registry.statistics().active == 0, "hibernated")
+        for s in (by_ttl, by_idle, kept):
+            async def snapshotted(sid: str = s.session_id) -> bool:
+                loaded = await store.load(sid)
+                return loaded is not None and loaded.snapshot_seq == 3
+            await wait_until(snapshotted, f"{s.session_id} snapshotted")
+        assert await store.count() == 3
+        assert daemon.registry.statistics().hibernations == 3
+
+        # Until the first deadline the reaper sleeps: no wakeup, no check.
+        await trio.sleep(0.1)
+        parked = reaper.statistics()
+        clock.jump(idle_deadline - wall.now() - 1.0)
+        await trio.sleep(0.1)
+        assert reaper.statistics() == parked
+        assert await store.count() == 3
+
+        # Past the idle deadline: that one session is gone, and only it.
+        clock.jump(1.01)
+        await wait_until(lambda: _count_is(store, 2), "the idle session expired")
+        assert reaper.statistics().dormant_expired == 1
+        await _assert_expired(daemon, data, by_idle, "idle")
+        clock.jump(by_ttl.expires_at - wall.now() - 1.0)
+        await trio.sleep(0.1)
+        assert await store.count() == 2
+        # Past the absolute deadline.
+        clock.jump(1.01)
+        await wait_until(lambda: _count_is(store, 1), "the ttl session expired")
+        await _assert_expired(daemon, data, by_ttl, "ttl")
+
+        stats = reaper.statistics()
+        assert (stats.dormant_expired, stats.checks) == (2, 0)
+        # The dormant sessions were expired from the store's index, never
+        # brought back into memory.
+        assert daemon.registry.statistics().activations == 0
+        loaded = await store.load(kept.session_id)
+        assert loaded is not None and loaded.snapshot_seq == 3
+
+
+async def _count_is(store: SqliteStore, n: int) -> bool:
+    return await store.count() == n
+
+
+async def _sessions(c: RawClient) -> dict[str, dict[str, float]]:
+    listed = await c.call(p.ListSessions)
+    assert isinstance(listed, p.Sessions), listed
+    return {s["session_id"]: s for s in listed.sessions}
+
+
+async def _assert_expired(daemon: Daemon, data: Path, created: p.Created, reason: str) -> None:
+    """Requests answer `expired`; the store and the file hold nothing of it."""
+    sid = created.session_id
+    assert daemon.socket_path is not None
+    async with connect_unix(daemon.socket_path) as c:
+        for request in (p.Get(id=c.new_id(), session_id=sid, token=created.token),
+                        p.Set(id=c.new_id(), session_id=sid, key="k0", value="again",
+                              token=created.token)):
+            error = await c.request(request)
+            assert isinstance(error, p.Error) and error.code == "expired", error
+            assert f"({reason})" in error.message
+    assert await daemon.store.load(sid) is None
+    assert _rows_of(data, sid) == (0, 0)
+    assert daemon.registry.active(sid) is None
+
+
+DORMANT = 20_000
+DUE = 5
+
+
+async def _insert_dormant(data: Path, now: float) -> list[str]:
+    """DORMANT sessions straight into the store (as a daemon that stopped
+    would leave them): session i expires at now + 3600 + i, and answers to
+    the token "nxs_test<i>"."""
+    ids = [f"{i:032x}" for i in range(DORMANT)]
+    store = await open_sqlite_store(data, durability="process")
+    async with store:
+        async def insert(first: int, stop: int) -> None:
+            for i in range(first, stop):
+                expires_at = now + 3600 + i
+                state = SessionState(ids[i], now, "api", expires_at - now, expires_at, None)
+                meta = SessionMeta(ids[i], now, expires_at - now, expires_at, None, None,
+                                   {hash_token(f"nxs_test{i}"): "admin"})
+                await store.create(meta, state.to_snapshot())
+
+        step = DORMANT // 100  # 100 concurrent callers: group commits of ~100
+        async with trio.open_nursery() as nursery:
+            for first in range(0, DORMANT, step):
+                nursery.start_soon(insert, first, first + step)
+        assert await store.count() == DORMANT
+    return ids
+
+
+async def test_many_dormant_sessions_cost_the_reaper_nothing_until_a_deadline(
+        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
+    data = tmp_path / "data"
+    ids = await _insert_dormant(data, time.time())
+    async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
+        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
+        # The reaper's first round: one `due` query (nothing due: no session
+        # row read) and one `next_deadline`; then it sleeps until the first
+        # deadline. Nothing else in the daemon reads the store unasked.
+        await wait_until(lambda: store.statistics().reads >= 2, "the reaper's first round")
+        await trio.sleep(0.2)
+        parked, read = reaper.statistics(), store.statistics()
+        assert (parked.wakeups, parked.checks, parked.dormant_expired) == (1, 0, 0)
+        assert (read.reads, read.sessions_read) == (2, 0)
+
+        # An hour later, just before the first deadline: still nothing done.
+        first_deadline = await store.next_deadline()
+        assert first_deadline is not None
+        clock.jump(first_deadline - wall.now() - 0.5)
+        await trio.sleep(0.2)
+        assert reaper.statistics() == parked
+        assert store.statistics().sessions_read == 0
+        assert store.statistics().reads == read.reads + 1  # our next_deadline
+
+        # DUE sessions come due: one wakeup expires them all, and reads about
+        # them alone (their index rows, then each one's row to confirm).
+        clock.jump(DUE - 0.5 + 0.01)
+        await wait_until(lambda: _count_is(store, DORMANT - DUE), "the due sessions expired")
+        await trio.sleep(0.2)
+        stats = reaper.statistics()
+        assert (stats.wakeups, stats.checks, stats.dormant_expired) == (2, 0, DUE)
+        assert store.statistics().sessions_read <= 2 * DUE
+        assert await store.count() == DORMANT - DUE
+        assert daemon.registry.statistics().activations == 0
+
+        assert daemon.socket_path is not None
+        async with connect_unix(daemon.socket_path) as c:
+            for i in (0, DUE - 1):
+                gone = await c.call(p.Get, session_id=ids[i], token=f"nxs_test{i}")
+                assert isinstance(gone, p.Error) and gone.code == "expired", gone
+                assert await store.load(ids[i]) is None
+                assert _rows_of(data, ids[i]) == (0, 0)
+            alive = await c.call(p.Get, session_id=ids[DUE], token=f"nxs_test{DUE}")
+            assert isinstance(alive, p.StateReply), alive
