@@ -270,8 +270,8 @@ class SessionActor:
             while len(batch) < self.config.max_batch:
                 try:
                     batch.append(self._inbox.receive_nowait())
-                except trio.WouldBlock:
-                    break
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break  # after a close, the next receive ends the loop
             self._last_traffic = trio.current_time()
             for item in batch:
                 if not await self._handle(item):
