@@ -100,8 +100,8 @@ class ConnectionHandler:
                     finally:
                         self._detach_all()
                         self.outbox.close()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away: nothing to tell anyone
         finally:
             self._detach_all()
             with trio.move_on_after(1, shield=True):
