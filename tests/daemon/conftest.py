@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,15 +14,6 @@ from nexusd import Daemon
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "daemon_config(**settings): Config settings for the `daemon` fixture")
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short directory for Unix sockets (their paths are limited to ~100 bytes,
-    which pytest's tmp_path can exceed)."""
-    path = Path(tempfile.mkdtemp(prefix="nx-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

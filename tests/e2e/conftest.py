@@ -33,13 +33,6 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
             monkeypatch.setenv(name, value)
 
 
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short directory for Unix sockets (their paths are limited to ~100
-    bytes, which pytest's tmp_path can exceed)."""
-    path = Path(tempfile.mkdtemp(prefix="nx-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
