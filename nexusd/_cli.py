@@ -16,7 +16,7 @@ import trio
 from . import __version__
 from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
 from ._crypto import KeyRingError
-from ._daemon import Daemon
+from ._daemon import PID_FILE, Daemon
 from ._sqlite_store import StoreError, keys_list, keys_retire, keys_rotate
 
 __all__ = ["main"]
@@ -61,9 +61,10 @@ def _build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser(
         "keys", help="manage the master keys that encrypt the store",
         description="The master key ring in DATA/keys wraps each session's data key. "
-                    "'rotate' adds a new current key; a running daemon re-wraps every "
-                    "session's data key under it at its next start (values are never "
-                    "rewritten); 'retire' then removes an old key.")
+                    "'rotate' adds a new current key and tells the daemon serving the data "
+                    "directory (SIGHUP), which re-wraps every session's data key under it in "
+                    "the background (values are never rewritten); 'retire' then removes an "
+                    "old key.")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--data", default=argparse.SUPPRESS, metavar="DIR",
                       help=f"data directory (default: {defaults.data})")
@@ -84,12 +85,26 @@ def _keys(args: argparse.Namespace, config: Config) -> int:
             keys_list(config.data)
         elif args.keys_command == "rotate":
             keys_rotate(config.data)
+            _signal_daemon(config.data)
         else:
             keys_retire(config.data, args.key_id)
     except (KeyRingError, StoreError) as exc:
         print(f"nexusd: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _signal_daemon(data: Path) -> None:
+    """Tells the daemon serving `data`, if any, to reload its key ring."""
+    try:
+        pid = int((data / PID_FILE).read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        print("no daemon is running on this data directory; the next one to start "
+              "re-wraps every session's data key under the new key")
+        return
+    print(f"told the running daemon (pid {pid}) to re-wrap every session's data key "
+          "under the new key, in the background")
 
 
 def _show(value: Any) -> str:
@@ -108,15 +123,21 @@ def _configure_logging(level: str) -> None:
 async def _serve(config: Config) -> None:
     daemon = Daemon(config)
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
+                                       signal.SIGHUP) as signals:
             await nursery.start(daemon.run)
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
+                if signum == signal.SIGHUP:
+                    daemon.reload_keys_soon()
+                    continue
                 daemon.stop()
                 break
             # A second signal while draining stops at once.
             async def second() -> None:
-                async for _ in signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        continue
                     log.warning("second signal: stopping now")
                     nursery.cancel_scope.cancel()
             nursery.start_soon(second)

@@ -25,16 +25,21 @@ from . import __version__
 from ._actor import ActorConfig
 from ._clock import WallClock
 from ._config import Config, ws_address
+from ._crypto import KeyRingError
 from ._handler import ConnectionHandler, Transport
 from ._reaper import Reaper
 from ._registry import Registry, SessionPolicy
-from ._sqlite_store import SqliteStore, open_sqlite_store
+from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
 from ._store import MemoryStore, Store
 from ._transports import StreamTransport, open_unix_listener, serve_ws
 
 __all__ = ["Daemon", "open_store"]
 
 log = logging.getLogger("nexusd")
+
+#: In the data directory while a daemon serves it: its process id, so that
+#: `nexusd keys rotate` can tell it to reload its keys.
+PID_FILE = "nexusd.pid"
 
 
 async def open_store(config: Config) -> Store:
@@ -83,6 +88,7 @@ class Daemon:
         self.admin_key = config.admin_key
         self._stop = trio.Event()
         self.stopped = trio.Event()
+        self._services: trio.Nursery | None = None
         self._no_connections = trio.Event()
         self._started_at = 0.0
         self._started_wall = 0.0
@@ -105,6 +111,9 @@ class Daemon:
         clock = WallClock()
         if self.store is None:
             self.store = await open_store(config)
+        pid_file = config.data / PID_FILE if isinstance(self.store, SqliteStore) else None
+        if pid_file is not None:
+            pid_file.write_text(f"{os.getpid()}\n")
         self._started_at = trio.current_time()
         self._started_wall = time.time()
         try:
@@ -119,6 +128,7 @@ class Daemon:
                     actors)
                 self.reaper = self.registry.reaper = Reaper(self.registry, self.store, clock)
                 async with trio.open_nursery() as services:
+                    self._services = services
                     await services.start(self.reaper.run)
                     if isinstance(self.store, SqliteStore):
                         # After a key rotation, move data keys to the current
@@ -141,8 +151,30 @@ class Daemon:
                 await self.store.aclose()
             if self.socket_path is not None:
                 self.socket_path.unlink(missing_ok=True)
+            if pid_file is not None:
+                pid_file.unlink(missing_ok=True)
             self.stopped.set()
         log.info("stopped")
+
+    def reload_keys_soon(self) -> None:
+        """Starts `reload_keys` beside the daemon's other services."""
+        if self._services is not None and not self._stop.is_set():
+            self._services.start_soon(self.reload_keys)
+
+    async def reload_keys(self) -> None:
+        """Reads the master key ring again (after `nexusd keys rotate`) and
+        re-wraps every session's data key under the current master key."""
+        store = self.store
+        if not isinstance(store, SqliteStore):
+            log.info("no key ring to reload: durability is %s", self.config.durability)
+            return
+        try:
+            ring = await store.reload_keyring(self.config.data)
+        except (KeyRingError, StoreError) as exc:
+            log.error("key ring not reloaded: %s", exc)
+            return
+        log.info("key ring reloaded; current master key %s", ring.current)
+        await self._rewrap_keys(store)
 
     async def _rewrap_keys(self, store: SqliteStore) -> None:
         moved = await store.rewrap_keys()

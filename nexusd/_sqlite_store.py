@@ -693,6 +693,20 @@ class SqliteStore:
                     break
         return total
 
+    async def reload_keyring(self, data_dir: Path) -> KeyRing:
+        """Reads the key ring again (after `nexusd keys rotate`), checks it
+        against the database as an open does, and makes it the store's.
+
+        Raises:
+            KeyRingError: the key file cannot be read.
+            StoreError: the new ring lacks a key the data needs, or does not match.
+        """
+        ring = await trio.to_thread.run_sync(
+            functools.partial(load_keyring, Path(data_dir), create=False))
+        await self._write("raw", functools.partial(_check_keys, keyring=ring))
+        self.keyring = ring
+        return ring
+
     def _rewrap(self, key_id: str, batch: int, conn: sqlite3.Connection) -> int:
         rows = conn.execute("SELECT id, wrapped_key FROM sessions WHERE key_id = ? LIMIT ?",
                             (key_id, batch)).fetchall()
@@ -909,8 +923,9 @@ def keys_rotate(data_dir: Path, *, out: TextIO = sys.stdout) -> str:
     """`nexusd keys rotate`: adds a new master key to the key file and makes it
     current. Returns its id.
 
-    New sessions use it once nexusd (re)starts and reads the key file; the
-    daemon's `rewrap_keys` then moves the existing sessions to it.
+    A daemon reads the key file again on SIGHUP (which the `nexusd keys rotate`
+    command sends to the daemon of this data directory) or at its next start;
+    its `rewrap_keys` then moves the existing sessions to the new key.
 
     Raises:
         KeyRingError: there is no key file, or the keys come from $NEXUSD_MASTER_KEYS.
@@ -918,8 +933,6 @@ def keys_rotate(data_dir: Path, *, out: TextIO = sys.stdout) -> str:
     ring = add_master_key(Path(data_dir))
     old = ", ".join(k for k in ring.ids if k != ring.current)
     print(f"added master key {ring.current}; it is now the current key", file=out)
-    print("restart nexusd to use it: it then re-wraps every session's data key under it "
-          "in the background", file=out)
     if old:
         print(f"afterwards, retire the old key(s) with: nexusd keys retire {old}", file=out)
     return ring.current
