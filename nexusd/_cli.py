@@ -47,7 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
             "variables NEXUSD_<NAME> (NEXUSD_WS=off, NEXUSD_HIBERNATE_AFTER=5m); flags.\n"
             "Durations take 250ms, 90s, 30m, 2h, 7d or plain seconds.\n\n"
             "On SIGINT/SIGTERM the daemon stops accepting, tells clients 'shutdown',\n"
-            "finishes in-flight requests within --shutdown-grace, and exits 0."),
+            "finishes in-flight requests within --shutdown-grace, and exits 0.\n"
+            "SIGHUP reloads the master key ring (see 'nexusd keys')."),
     )
     serve.add_argument("--config", type=str, default=None, metavar="FILE",
                        help="TOML configuration file")
