@@ -57,7 +57,7 @@ from nexus_protocol import (
 
 from ._auth import hash_token, new_token, scope_allows, verify_token
 from ._errors import RequestError
-from ._state import MAX_HISTORY, SessionState
+from ._state import MAX_HISTORY, SessionState, count_label
 from ._store import SessionMeta, StoredEvent
 
 if TYPE_CHECKING:
@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("nexusd.actor")
+
+#: Sessions whose proven scope one connection remembers; beyond that the
+#: least recently proven must show their token again.
+MAX_GRANTS: Final = 10_000
 
 WRITES: Final = (Set, Delete, Patch, UpdateContext, SwitchBegin, SwitchComplete, Renew)
 
@@ -96,6 +100,14 @@ class Caller:
     @property
     def writer(self) -> str:
         return self.client or self.connection_id
+
+    def remember(self, session_id: str, scope: str) -> None:
+        """Caches a proven scope; the oldest entries go past MAX_GRANTS."""
+        grants = self.grants
+        grants.pop(session_id, None)
+        grants[session_id] = scope
+        while len(grants) > MAX_GRANTS:
+            del grants[next(iter(grants))]
 
 
 @attrs.define(eq=False)
@@ -179,6 +191,12 @@ class SessionActor:
         self._subscribers: dict[str, _Subscriber] = {}
         self._pending: list[tuple[Change, bytes]] = []
         self._pending_replies: list[tuple[Envelope, Message]] = []
+        # Taken from the mailbox, not yet handled: failed with the rest if the
+        # actor ends part-way through a batch.
+        self._batch: deque[Envelope] = deque()
+        # The events an attach's reply is followed by (replayed changes, or a
+        # snapshot), prepared before the subscriber is added.
+        self._catch_up: list[bytes] = []
         self._since_snapshot = 0
         self._published_seq = state.seq
         self._last_traffic = trio.current_time()
@@ -273,8 +291,9 @@ class SessionActor:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break  # after a close, the next receive ends the loop
             self._last_traffic = trio.current_time()
-            for item in batch:
-                if not await self._handle(item):
+            self._batch.extend(batch)
+            while self._batch:
+                if not await self._handle(self._batch.popleft()):
                     return
             await self._flush()
 
@@ -303,6 +322,8 @@ class SessionActor:
         for env, _reply in self._pending_replies:
             self._fail(env, RequestError(code, message))
         self._pending_replies.clear()
+        while self._batch:
+            self._fail(self._batch.popleft(), RequestError(code, message))
         self._inbox.close()
 
     def _fail(self, env: Envelope, error: RequestError) -> None:
@@ -373,8 +394,11 @@ class SessionActor:
             self._pending_replies.append((env, reply))
         else:
             self._deliver(env, reply)
-            if isinstance(req, Attach) and isinstance(reply, Attached):
-                self._replay(env, req, reply)
+            if isinstance(reply, Attached):
+                outbox = env.caller.outbox  # type: ignore[union-attr]
+                for body in self._catch_up:
+                    outbox.reply_event(body)
+                self._catch_up = []
         return True
 
     def _deliver(self, env: Envelope, reply: Message) -> None:
@@ -399,7 +423,8 @@ class SessionActor:
                 raise RequestError(ErrorCode.UNAUTHORIZED,
                                    f"the token is not valid for session {sid}")
             if granted is None or scope_allows(scope, granted):
-                caller.grants[sid] = granted = scope
+                caller.remember(sid, scope)
+                granted = scope
         if granted is None:
             if needed == "admin" and caller.admin:
                 return
@@ -623,9 +648,9 @@ class SessionActor:
             self._history.append((change.seq, body))
             self._published_seq = change.seq
             self._fan_out(body, change.seq)
-            self.registry.changes_on[change.channel] += 1
+            count_label(self.registry.changes_on, change.channel)
             if change.op == "switch_complete" and change.value["success"]:
-                self.registry.switches_to[change.value["to_channel"]] += 1
+                count_label(self.registry.switches_to, change.value["to_channel"])
         replies, self._pending_replies = self._pending_replies, []
         for env, reply in replies:
             self._deliver(env, reply)
@@ -663,6 +688,21 @@ class SessionActor:
         self._authorize(env, req.scope)
         caller = env.caller
         assert caller is not None
+        recovered = self._can_replay(req.since)
+        if recovered:
+            assert req.since is not None
+            catch_up = [body for seq, body in self._history if seq > req.since]
+        else:
+            s = self.state
+            body = encode_body(Snapshot(
+                session_id=s.session_id, seq=s.seq, entries=s.wire_entries(),
+                context=s.context, recovered=req.since is None))
+            if len(body) > self.registry.limits.max_frame:
+                raise RequestError(
+                    ErrorCode.TOO_LARGE,
+                    f"the session's snapshot ({len(body)} bytes) exceeds the frame limit "
+                    f"of {self.registry.limits.max_frame}; read it key by key")
+            catch_up = [body]
         self.state.touch(req.channel or caller.channel, now, read=True)
         sub = _Subscriber(caller, req.channel or caller.channel, req.scope)
         old = self._subscribers.pop(caller.connection_id, None)
@@ -672,9 +712,9 @@ class SessionActor:
         caller.subscriptions.add(self.session_id)
         presence = [{"connection_id": s.caller.connection_id, "channel": s.channel,
                      "client": s.caller.client} for s in self._subscribers.values()]
+        self._catch_up = catch_up
         return Attached(id=req.id, session_id=self.session_id, seq=self.state.seq,
-                        recovered=self._can_replay(req.since), scope=req.scope,
-                        presence=presence)
+                        recovered=recovered, scope=req.scope, presence=presence)
 
     def _can_replay(self, since: int | None) -> bool:
         if since is None or since > self.state.seq:
@@ -682,19 +722,6 @@ class SessionActor:
         if since == self.state.seq:
             return True
         return bool(self._history) and self._history[0][0] <= since + 1
-
-    def _replay(self, env: Envelope, req: Attach, reply: Attached) -> None:
-        outbox = env.caller.outbox  # type: ignore[union-attr]
-        if reply.recovered:
-            assert req.since is not None
-            for seq, body in self._history:
-                if seq > req.since:
-                    outbox.reply_event(body)
-            return
-        s = self.state
-        outbox.reply_event(encode_body(Snapshot(
-            session_id=s.session_id, seq=s.seq, entries=s.wire_entries(), context=s.context,
-            recovered=req.since is None)))
 
     def _unsubscribe(self, connection_id: str) -> None:
         sub = self._subscribers.pop(connection_id, None)

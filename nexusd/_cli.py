@@ -199,16 +199,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(config.log_level)
     log.info("nexusd %s starting (pid %d, durability %s, data %s)", __version__, os.getpid(),
              config.durability, config.data)
+    error = None
     try:
         trio.run(_serve, config)
-    except (StoreError, KeyRingError) as exc:
-        print(f"nexusd: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"nexusd: error: {exc.strerror or exc}"
-              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+    except* (StoreError, KeyRingError) as group:
+        error = str(group.exceptions[0])
+    except* OSError as group:
+        error = _describe_os_error(group.exceptions[0])
+    if error is not None:
+        print(f"nexusd: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _describe_os_error(err: BaseException) -> str:
+    assert isinstance(err, OSError)
+    return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
 
 
 def _path(text: str) -> Path:

@@ -12,7 +12,7 @@ from collections import deque
 
 import attrs
 import trio
-from nexus_protocol import Connection, LocalProtocolError, Message
+from nexus_protocol import Connection, Error, ErrorCode, LocalProtocolError, Message
 
 __all__ = ["Outbox", "OutboxStatistics"]
 
@@ -52,10 +52,16 @@ class Outbox:
             return
         try:
             frame = self.conn.send(message)
-        except LocalProtocolError:
-            # The request it answers is no longer in flight (the connection
-            # failed meanwhile); there is nobody to tell.
-            return
+        except LocalProtocolError as exc:
+            request_id = getattr(message, "id", None)
+            if exc.code is not ErrorCode.TOO_LARGE or request_id is None:
+                # The request it answers is no longer in flight (the
+                # connection failed meanwhile); there is nobody to tell.
+                return
+            frame = self.conn.send(Error(
+                id=request_id, code=ErrorCode.TOO_LARGE.value,
+                message=f"the answer would exceed the frame limit of "
+                        f"{self.conn.limits.max_frame} bytes; ask for less (one key)"))
         self._frames.append(frame)
         self._wake()
         if self._replied:

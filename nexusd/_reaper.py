@@ -44,15 +44,22 @@ class Reaper:
         self.clock = clock
         self.batch = batch
         self._heap: list[tuple[float, str]] = []
+        # The one live heap entry of each session; other entries are stale.
+        self._scheduled: dict[str, float] = {}
         self._wake = trio.Event()
         self._next_wake = -math.inf
         self._wakeups = self._checks = self._dormant = 0
 
     def statistics(self) -> ReaperStatistics:
-        return ReaperStatistics(len(self._heap), self._wakeups, self._checks, self._dormant)
+        return ReaperStatistics(len(self._scheduled), self._wakeups, self._checks,
+                                self._dormant)
 
     def schedule(self, session_id: str, deadline: float) -> None:
         """Makes sure the reaper looks at `session_id` by `deadline`."""
+        scheduled = self._scheduled.get(session_id)
+        if scheduled is not None and scheduled <= deadline:
+            return  # it will be looked at by then anyway
+        self._scheduled[session_id] = deadline
         heapq.heappush(self._heap, (deadline, session_id))
         if deadline < self._next_wake:
             self._wake.set()
@@ -81,24 +88,35 @@ class Reaper:
     def _reap_active(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, sid = heapq.heappop(heap)
+            deadline, sid = heapq.heappop(heap)
+            if self._scheduled.get(sid) != deadline:
+                continue  # superseded by an earlier entry
+            del self._scheduled[sid]
             actor = self.registry.active(sid)
             if actor is None:
                 continue  # hibernated or ended: the store's index has it
             if actor.deadline > now:
-                heapq.heappush(heap, (actor.deadline, sid))
+                self.schedule(sid, actor.deadline)
                 continue
             self._checks += 1
             if not actor.send_nowait(Envelope(CheckExpiry(), ask=Ask())):
                 # A full mailbox: the actor checks expiry on each request anyway.
-                heapq.heappush(heap, (now + 1.0, sid))
+                self.schedule(sid, now + 1.0)
 
     async def _reap_dormant(self, now: float) -> bool:
         stalled = False
         for meta in await self.store.due(now, self.batch):
             actor = self.registry.active(meta.session_id)
             if actor is None:
-                if await self.registry.expire_dormant(meta):
+                try:
+                    expired = await self.registry.expire_dormant(meta)
+                except Exception:
+                    # One unreadable session must not stop expiry for the rest.
+                    log.exception("cannot expire session %s; retrying later",
+                                  meta.session_id)
+                    stalled = True
+                    continue
+                if expired:
                     self._dormant += 1
                     continue
                 actor = self.registry.active(meta.session_id)

@@ -20,7 +20,7 @@ from ._actor import ActorConfig, Caller, Envelope, SessionActor, replay_events
 from ._auth import hash_token, new_session_id, new_token
 from ._clock import WallClock
 from ._errors import RequestError
-from ._state import SessionState
+from ._state import SessionState, count_label
 from ._store import SessionMeta, Store
 
 if TYPE_CHECKING:
@@ -144,8 +144,8 @@ class Registry:
         await self.store.create(actor.meta(), state.to_snapshot())
         await self._start(actor)
         self._created += 1
-        self.created_on[channel] += 1
-        caller.grants[sid] = "admin"
+        count_label(self.created_on, channel)
+        caller.remember(sid, "admin")
         return Created(id=req.id, session_id=sid, token=token, seq=0, expires_at=state.expires_at,
                        idle_timeout=idle)
 
@@ -178,6 +178,9 @@ class Registry:
             done.set()
 
     async def _activate(self, session_id: str) -> SessionActor:
+        if session_id in self._tombstones:
+            # Ended: its store rows may still be on their way out.
+            raise self._gone(session_id)
         loaded = await self.store.load(session_id)
         if loaded is None:
             raise self._gone(session_id)

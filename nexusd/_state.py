@@ -14,7 +14,7 @@ import attrs
 import msgpack
 from nexus_protocol import Change
 
-__all__ = ["EPSILON", "MAX_TRANSITIONS", "Entry", "SessionState"]
+__all__ = ["EPSILON", "MAX_TRANSITIONS", "Entry", "SessionState", "count_label"]
 
 #: Deadlines count as reached this close to them: wall-clock times go through
 #: float sums with trio's clock, which may land a rounding step short.
@@ -24,6 +24,19 @@ EPSILON: Final = 1e-6
 MAX_TRANSITIONS: Final = 100
 #: Workflow-history items kept in the context.
 MAX_HISTORY: Final = 1000
+#: Distinct channel labels tracked per session, and per daemon-wide counter;
+#: labels beyond them are counted as "other". Clients choose labels freely.
+MAX_CHANNELS: Final = 64
+MAX_LABELS: Final = 256
+OTHER: Final = "other"
+
+
+def count_label(counter: dict[str, int], label: str) -> None:
+    """Adds one to `counter[label]`, folding new labels into "other" once the
+    counter holds MAX_LABELS of them."""
+    if label not in counter and len(counter) >= MAX_LABELS:
+        label = OTHER
+    counter[label] = counter.get(label, 0) + 1
 
 
 @attrs.define
@@ -111,6 +124,8 @@ class SessionState:
             stats["reads"] += 1
 
     def _channel(self, channel: str, now: float) -> dict[str, Any]:
+        if channel not in self.channels and len(self.channels) >= MAX_CHANNELS:
+            channel = OTHER
         stats = self.channels.get(channel)
         if stats is None:
             stats = self.channels[channel] = {"first_seen": now, "last_seen": now,
