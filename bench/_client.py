@@ -31,6 +31,8 @@ import wsproto.connection
 import wsproto.events as ws_events
 from nexus_protocol import NEED_DATA, Connection, Framing, Side
 
+from ._relay_core import split_frames
+
 __all__ = [
     "Link",
     "NexusClient",
@@ -110,20 +112,8 @@ class Link:
         return [data]
 
     def bodies(self, data: bytes) -> list[bytes]:
-        buf = self._buffer
-        buf += data
-        out = []
-        pos, size = 0, len(buf)
-        while size - pos >= 4:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            end = pos + 4 + length
-            if end > size:
-                break
-            out.append(bytes(buf[pos + 4:end]))
-            pos = end
-        if pos:
-            del buf[:pos]
-        return out
+        self._buffer += data
+        return split_frames(self._buffer)
 
     def frame(self, body: bytes) -> bytes:
         """The bytes that carry one frame body."""

@@ -28,7 +28,7 @@ from typing import Final
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from ._relay_core import Peer, RelayCore
+from ._relay_core import Peer, RelayCore, split_frames
 
 _HEADER: Final = struct.Struct(">I")
 RECEIVE_SIZE: Final = 256 * 1024
@@ -93,16 +93,8 @@ async def serve_stream(core: RelayCore, stream: trio.SocketStream) -> None:
                 if not data:
                     break
                 buf += data
-                pos, size = 0, len(buf)
-                while size - pos >= 4:
-                    (length,) = _HEADER.unpack_from(buf, pos)
-                    end = pos + 4 + length
-                    if end > size:
-                        break
-                    apply(core, peer, bytes(buf[pos + 4:end]))
-                    pos = end
-                if pos:
-                    del buf[:pos]
+                for body in split_frames(buf):
+                    apply(core, peer, body)
             peer.close()
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass

@@ -26,15 +26,36 @@ on top of the transport, the event loop and msgpack.
 from __future__ import annotations
 
 import secrets
+import struct
 import time
 from typing import Any, Final
 
 import msgpack
 
-__all__ = ["Peer", "RelayCore"]
+__all__ = ["Peer", "RelayCore", "split_frames"]
 
 _packb: Final = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _unpackb: Final = msgpack.unpackb
+
+
+_HEADER: Final = struct.Struct(">I")
+
+
+def split_frames(buf: bytearray) -> list[bytes]:
+    """The complete length-prefixed frame bodies at the front of `buf`, which
+    keeps the incomplete rest."""
+    out = []
+    pos, size = 0, len(buf)
+    while size - pos >= 4:
+        (length,) = _HEADER.unpack_from(buf, pos)
+        end = pos + 4 + length
+        if end > size:
+            break
+        out.append(bytes(buf[pos + 4:end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
 
 
 class Peer:

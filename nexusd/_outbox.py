@@ -123,6 +123,3 @@ class Outbox:
         self._frames.clear()
         self._sent += len(frames)
         return frames
-
-    def drained(self) -> bool:
-        return not self._frames
