@@ -72,6 +72,7 @@ __all__ = [
     "Disconnect",
     "Envelope",
     "SessionActor",
+    "meta_of",
     "replay_events",
 ]
 
@@ -292,10 +293,15 @@ class SessionActor:
                     break  # after a close, the next receive ends the loop
             self._last_traffic = trio.current_time()
             self._batch.extend(batch)
-            while self._batch:
-                if not await self._handle(self._batch.popleft()):
-                    return
-            await self._flush()
+            # The batch's replies and events leave together, on release.
+            self.registry.flusher.hold()
+            try:
+                while self._batch:
+                    if not await self._handle(self._batch.popleft()):
+                        return
+                await self._flush()
+            finally:
+                self.registry.flusher.release()
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
@@ -333,9 +339,7 @@ class SessionActor:
             env.caller.outbox.reply(error.reply(getattr(env.request, "id", None)))
 
     def meta(self) -> SessionMeta:
-        s = self.state
-        return SessionMeta(s.session_id, s.created_at, s.ttl, s.expires_at, s.idle_timeout,
-                           s.idle_expires_at, self.tokens)
+        return meta_of(self.state, self.tokens)
 
     # ---------------------------------------------------------- dispatching
 
@@ -756,6 +760,12 @@ class SessionActor:
 # reject them because the daemon now runs with tighter limits.
 _REPLAY_LIMITS: Final = Limits(max_frame=0xFFFF_FFFF, max_key=1 << 20, max_depth=1 << 16,
                                max_patch=1 << 30)
+
+
+def meta_of(s: SessionState, tokens: dict[str, str]) -> SessionMeta:
+    """What the store indexes about the session in state `s`."""
+    return SessionMeta(s.session_id, s.created_at, s.ttl, s.expires_at, s.idle_timeout,
+                       s.idle_expires_at, tokens)
 
 
 def replay_events(state: SessionState, events: Iterable[StoredEvent]) -> None:

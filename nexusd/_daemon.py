@@ -27,6 +27,7 @@ from ._clock import WallClock
 from ._config import Config, ws_address
 from ._crypto import KeyRingError
 from ._handler import ConnectionHandler, Transport
+from ._outbox import Flusher
 from ._reaper import Reaper
 from ._registry import Registry, SessionPolicy
 from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
@@ -83,6 +84,7 @@ class Daemon:
         self.server_name = f"nexusd/{__version__}"
         self.store: Store = store  # type: ignore[assignment]
         self.connections: dict[str, ConnectionHandler] = {}
+        self.flusher = Flusher()
         self.socket_path: Path | None = None
         self.ws_port: int | None = None
         self.admin_key = config.admin_key
@@ -125,7 +127,7 @@ class Daemon:
                                 hibernate_after=config.hibernate_after,
                                 retention=config.retention, max_keys=config.max_keys,
                                 max_ttl=config.max_ttl),
-                    actors)
+                    actors, self.flusher)
                 self.reaper = self.registry.reaper = Reaper(self.registry, self.store, clock)
                 async with trio.open_nursery() as services:
                     self._services = services

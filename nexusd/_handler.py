@@ -67,6 +67,9 @@ class Transport(Protocol):
     async def send(self, frames: list[bytes]) -> None:
         """Writes `frames` in order."""
 
+    # Optionally, `send_now(data: bytes) -> int`: writes what the medium takes
+    # without waiting and returns how much that was (see `Outbox`).
+
     async def aclose(self) -> None: ...
 
 
@@ -76,7 +79,9 @@ class ConnectionHandler:
         self.transport = transport
         self.config = daemon.config
         self.conn = Connection(Side.SERVER, framing=transport.framing, limits=daemon.limits)
-        self.outbox = Outbox(self.conn, max_frames=self.config.queue_size)
+        self.outbox = Outbox(self.conn, max_frames=self.config.queue_size,
+                             send_now=getattr(transport, "send_now", None),
+                             flusher=daemon.flusher)
         self.connection_id = f"c{next(_ids)}"
         self.caller: Caller | None = None
         self.draining = False
@@ -104,6 +109,7 @@ class ConnectionHandler:
             pass  # the client went away: nothing to tell anyone
         finally:
             self._detach_all()
+            self.outbox.detach()
             with trio.move_on_after(1, shield=True):
                 await t.aclose()
 
@@ -170,6 +176,7 @@ class ConnectionHandler:
                     break
                 with trio.fail_after(self.config.write_timeout):
                     await self.transport.send(frames)
+                self.outbox.sent()
         except trio.TooSlowError:
             log.info("%s: client stopped reading for %gs; closing", self.connection_id,
                      self.config.write_timeout)

@@ -109,15 +109,16 @@ class Reaper:
             actor = self.registry.active(meta.session_id)
             if actor is None:
                 try:
-                    expired = await self.registry.expire_dormant(meta)
+                    outcome = await self.registry.expire_dormant(meta)
                 except Exception:
                     # One unreadable session must not stop expiry for the rest.
                     log.exception("cannot expire session %s; retrying later",
                                   meta.session_id)
                     stalled = True
                     continue
-                if expired:
+                if outcome == "expired":
                     self._dormant += 1
+                if outcome != "active":
                     continue
                 actor = self.registry.active(meta.session_id)
                 if actor is None:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
 from nexus_protocol import Create, Created, ErrorCode, Limits
 
-from ._actor import ActorConfig, Caller, Envelope, SessionActor, replay_events
+from ._actor import ActorConfig, Caller, Envelope, SessionActor, meta_of, replay_events
 from ._auth import hash_token, new_session_id, new_token
 from ._clock import WallClock
 from ._errors import RequestError
+from ._outbox import Flusher
 from ._state import SessionState, count_label
-from ._store import SessionMeta, Store
+from ._store import LoadedSession, SessionMeta, Store
 
 if TYPE_CHECKING:
     from ._reaper import Reaper
@@ -54,8 +55,10 @@ class RegistryStatistics:
 
 class Registry:
     def __init__(self, store: Store, clock: WallClock, limits: Limits, policy: SessionPolicy,
-                 actor_config: ActorConfig, nursery: trio.Nursery) -> None:
+                 actor_config: ActorConfig, nursery: trio.Nursery,
+                 flusher: Flusher | None = None) -> None:
         self.store = store
+        self.flusher = flusher or Flusher()
         self.clock = clock
         self.limits = limits
         self.policy = policy
@@ -184,22 +187,14 @@ class Registry:
         loaded = await self.store.load(session_id)
         if loaded is None:
             raise self._gone(session_id)
-        meta = loaded.meta
-        reason = meta.expiry_reason(self.clock.now())
+        state = _restore(loaded)
+        reason = state.expiry_reason(self.clock.now())
         if reason is not None:
             await self.store.delete(session_id)
             self.tombstone(session_id, reason)
             raise self._gone(session_id)
-        if loaded.snapshot is None:
-            raise RuntimeError(f"session {session_id} has no snapshot")
-        state = SessionState.from_snapshot(loaded.snapshot)
-        replay_events(state, loaded.events)
-        if meta.idle_expires_at is not None and meta.idle_timeout is not None:
-            # The store may know of later activity (reads) than the snapshot.
-            state.last_activity = max(state.last_activity,
-                                      meta.idle_expires_at - meta.idle_timeout)
         history = [(e.seq, e.payload) for e in (*loaded.history, *loaded.events)]
-        actor = SessionActor(self, state, dict(meta.tokens), history, self.actor_config)
+        actor = SessionActor(self, state, dict(loaded.meta.tokens), history, self.actor_config)
         await self._start(actor)
         self._activations += 1
         return actor
@@ -222,26 +217,31 @@ class Registry:
 
     # --------------------------------------------------------------- expiry
 
-    async def expire_dormant(self, meta: SessionMeta) -> bool:
+    async def expire_dormant(self, meta: SessionMeta) -> Literal["expired", "kept", "active"]:
         """Ends a dormant session found past its deadline by the reaper.
 
-        Returns False if it turned out to be active (its actor decides).
+        Returns "expired"; "kept" if it is gone already or not due after all;
+        "active" if it turned out to be active (its actor decides).
         """
         sid = meta.session_id
         if sid in self._actors or sid in self._activating:
-            return False
+            return "active"
         done = self._activating[sid] = trio.Event()
         try:
             loaded = await self.store.load(sid)
             if loaded is None:
-                return True
-            reason = loaded.meta.expiry_reason(self.clock.now())
+                return "kept"
+            state = _restore(loaded)
+            reason = state.expiry_reason(self.clock.now())
             if reason is None:
-                return True
+                # Its journal shows later activity than the stored deadline
+                # (the store refreshes that lazily): store the right one.
+                await self.store.append(meta_of(state, loaded.meta.tokens), [])
+                return "kept"
             await self.store.delete(sid)
             self.tombstone(sid, reason)
             log.info("session %s expired while dormant (%s)", sid, reason)
-            return True
+            return "expired"
         finally:
             del self._activating[sid]
             done.set()
@@ -251,3 +251,20 @@ class Registry:
         snapshot and ends."""
         for actor in list(self._actors.values()):
             actor.close()
+
+
+def _restore(loaded: LoadedSession) -> SessionState:
+    """The state of a stored session: its snapshot and the events after it.
+
+    Deadlines come from the state, not the stored metadata: the journal
+    knows of every write, and the metadata of reads (and may lag writes).
+    """
+    if loaded.snapshot is None:
+        raise RuntimeError(f"session {loaded.meta.session_id} has no snapshot")
+    state = SessionState.from_snapshot(loaded.snapshot)
+    replay_events(state, loaded.events)
+    meta = loaded.meta
+    if meta.idle_expires_at is not None and meta.idle_timeout is not None:
+        state.last_activity = max(state.last_activity,
+                                  meta.idle_expires_at - meta.idle_timeout)
+    return state

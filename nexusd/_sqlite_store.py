@@ -1,16 +1,19 @@
 """The SQLite store: durable, encrypted at rest, group-committed.
 
 One file, ``nexusd.db`` in the data directory, in WAL mode. Writes from every
-session actor go through one queue to one writer thread, which takes all
-that is queued, runs it in a single transaction and commits once ("group
-commit"): under load, one commit (one fsync at durability "power")
-acknowledges many appends. A caller's `append` returns only after the commit
-that holds it, so what it acknowledged survives:
+session actor go through one writer, which takes all that is queued, runs it
+in a single transaction and commits once ("group commit"): under load, one
+commit (one fsync at durability "power") acknowledges many appends. A
+caller's `append` returns only after the commit that holds it, so what it
+acknowledged survives:
 
 - "process" (default): synchronous=NORMAL in WAL. A commit is in the WAL file
   (the OS has it) before `append` returns: survives `kill -9` of the daemon,
-  not a power cut.
-- "power": synchronous=FULL. Each group commit also fsyncs the WAL.
+  not a power cut. Such a commit never waits for the disk, so the writer
+  commits in trio's own thread, and a checkpointer thread copies the WAL into
+  the database file.
+- "power": synchronous=FULL. Each group commit also fsyncs the WAL, in a
+  writer thread of its own.
 - "memory": an in-memory database, nothing on disk; for tests and demos.
 
 Snapshots and event payloads are sealed with per-session data keys (see
@@ -26,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import math
 import os
 import queue
 import sqlite3
@@ -73,6 +77,12 @@ _BUSY_TIMEOUT_MS: Final = 10_000
 _MAX_BATCH: Final = 1024  # requests per transaction: bounds a commit's latency
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
 _SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
+# An append refreshes the stored idle deadline only once it lags by this
+# much: the journal's timestamps say the rest (see `SqliteStore.append`).
+_IDLE_LAG: Final = 10.0
+_GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
+_CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
+_CHECKPOINT_INTERVAL: Final = 1.0  # seconds between checkpoints while anything commits
 
 
 class StoreError(Exception):
@@ -191,6 +201,8 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
 _META_COLUMNS: Final = ("token_hashes, created_at, ttl, expires_at, idle_timeout, "
                         "idle_expires_at, deadline")
 _SET_META: Final = ", ".join(f"{c} = ?" for c in _META_COLUMNS.split(", "))
+_UPDATE_META: Final = f"UPDATE sessions SET {_SET_META} WHERE id = ?"
+_INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
 _INSERT_SESSION: Final = (f"INSERT INTO sessions (id, {_META_COLUMNS}, key_id, wrapped_key, "
                           "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
 # The reaper's queries. Both are answered from the deadline index alone.
@@ -202,6 +214,11 @@ NEXT_DEADLINE_SQL: Final = "SELECT min(deadline) FROM sessions"
 def _meta_params(meta: SessionMeta) -> tuple[Any, ...]:
     return (msgpack.packb(meta.tokens), meta.created_at, meta.ttl, meta.expires_at,
             meta.idle_timeout, meta.idle_expires_at, meta.deadline)
+
+
+def _fixed_meta(meta: SessionMeta) -> tuple[Any, ...]:
+    """A session's metadata but for its idle deadline, for comparing."""
+    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout)
 
 
 def _meta_from_row(row: Sequence[Any]) -> SessionMeta:
@@ -295,7 +312,7 @@ def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Conn
     return conn
 
 
-# -- the writer -------------------------------------------------------------
+# -- the writers ------------------------------------------------------------
 
 @attrs.define(eq=False)
 class _Request:
@@ -307,24 +324,315 @@ class _Request:
     finished: bool = False  # value or error is final
     abandoned: bool = False  # its caller was cancelled before the writer took it
 
+    def result(self) -> Any:
+        if self.error is not None:
+            try:
+                raise self.error
+            finally:
+                self.error = None  # no reference cycle through the traceback
+        return self.value
+
+
+class _Writer:
+    """Runs write requests in group commits: every request queued when the
+    writer comes round goes into one transaction, each in its own savepoint
+    (one request's error undoes only that request), then one commit.
+
+    Two drivers share this: `_TaskWriter` commits in trio's own thread, for
+    durabilities whose commit does not wait for the disk; `_ThreadWriter`
+    commits in a thread of its own, for "power", whose commit fsyncs.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._broken: BaseException | None = None
+        # Called when a request or a commit fails: what the store believes
+        # the database holds may then be wrong.
+        self.on_failure: Callable[[], None] = lambda: None
+        self.commits = self.writes = self.appends = self.events = self.largest_batch = 0
+
+    @property
+    def queued(self) -> int:
+        raise NotImplementedError
+
+    async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `fn(conn)` in the writer's next transaction and returns its value
+        once that transaction has committed.
+
+        Cancelling the call withdraws the request if the writer has not taken
+        it yet; once taken, it commits (or fails) whether anyone waits or not,
+        like any database call that timed out.
+        """
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Finishes what is queued, then closes the connection."""
+        raise NotImplementedError
+
+    def _serve(self, batch: list[_Request]) -> None:
+        """Commits `batch` and wakes its callers, whatever happens."""
+        try:
+            live = [r for r in batch if not r.abandoned]
+            self._transaction([r for r in live if r.kind != "raw"])
+            for r in live:
+                if r.kind == "raw":
+                    self._run_alone(r)
+        finally:
+            for r in batch:
+                if not r.finished:  # the writer itself failed: never report success
+                    r.value, r.error = None, trio.BrokenResourceError(
+                        "the store's writer failed")
+                    r.finished = True
+            self._wake(batch)
+
+    def _wake_failed(self, batch: list[_Request]) -> None:
+        """Fails `batch` untried: the writer itself has failed."""
+        for r in batch:
+            r.value, r.error = None, trio.BrokenResourceError("the store's writer failed")
+            r.finished = True
+        self._wake(batch)
+
+    def _wake(self, batch: list[_Request]) -> None:
+        raise NotImplementedError
+
+    def _committed(self, requests: list[_Request]) -> None:
+        """Called after each commit with the requests it made durable."""
+
+    def _transaction(self, batch: list[_Request]) -> None:
+        if not batch:
+            return
+        conn = self._conn
+        ok: list[_Request] = []  # requests whose changes the open transaction holds
+        # A request alone needs no savepoint: its error undoes the transaction.
+        alone = len(batch) == 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for r in batch:
+                if not alone:
+                    conn.execute("SAVEPOINT request")
+                try:
+                    r.value = r.fn(conn)
+                except Exception as exc:
+                    r.error = exc
+                    self.on_failure()
+                    if alone:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        return
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO request")
+                        conn.execute("RELEASE request")
+                    else:  # SQLite rolled everything back (e.g. disk full)
+                        self._fail(ok, exc)
+                        ok = []
+                        conn.execute("BEGIN IMMEDIATE")
+                else:
+                    if not alone:
+                        conn.execute("RELEASE request")
+                    ok.append(r)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.on_failure()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._fail([r for r in batch if r.error is None], exc)
+            return
+        finally:
+            for r in batch:
+                r.finished = True
+        self.commits += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        for r in ok:
+            if r.kind != "read":
+                self.writes += 1
+            if r.kind == "append":
+                self.appends += 1
+                self.events += r.value
+                r.value = None
+        self._committed(ok)
+
+    def _run_alone(self, r: _Request) -> None:
+        try:
+            r.value = r.fn(self._conn)
+        except Exception as exc:
+            r.error = exc
+        r.finished = True
+
+    @staticmethod
+    def _fail(requests: list[_Request], exc: BaseException) -> None:
+        for r in requests:
+            r.value = None
+            r.error = StoreError(f"the store could not commit: {exc}")
+
+
+class _TaskWriter(_Writer):
+    """Commits in trio's thread, with no hand-off to wait for.
+
+    The first caller to find the writer idle leads: while writes come thick
+    (the last commit held several, or ended under `_GROUPING_WINDOW` ago) it
+    yields once, so that every other task about to run (other session
+    actors) can queue its request too, then commits all of them and wakes
+    their callers; a write that comes alone commits at once. At
+    durability "process" a commit is a write into the WAL file, with no
+    fsync, and the WAL is checkpointed by a `_Checkpointer` in another thread,
+    so that no commit waits on the database file.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, checkpointer: _Checkpointer | None) -> None:
+        super().__init__(conn)
+        self._checkpointer = checkpointer
+        self._queue: list[_Request] = []
+        self._leading = False
+        self._stopping = False
+        self._busy = False  # the last commit held more than one request
+        self._last_commit = -math.inf
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._broken is not None:
+            raise trio.BrokenResourceError("the store's writer failed") from self._broken
+        if self._stopping:
+            raise trio.ClosedResourceError("the store is closed")
+        req = _Request(kind, fn)
+        self._queue.append(req)
+        if self._leading:
+            try:
+                await req.done.wait()
+            finally:
+                if not req.done.is_set():
+                    req.abandoned = True
+        else:
+            await self._lead()
+        return req.result()  # type: ignore[no-any-return]
+
+    async def _lead(self) -> None:
+        self._leading = True
+        self._idle = trio.Event()
+        try:
+            while self._queue:
+                if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
+                    # Writes are coming thick: let the tasks about to run add
+                    # theirs to this commit. Shielded: a leader's request, once
+                    # queued, commits.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                batch = self._queue[:_MAX_BATCH]
+                del self._queue[:_MAX_BATCH]
+                self._busy = len(batch) > 1
+                self._serve(batch)
+                self._last_commit = trio.current_time()
+        except BaseException as exc:  # a bug: fail every caller, now and later
+            self._broken = exc
+            batch, self._queue = self._queue, []
+            self._wake_failed(batch)
+            raise
+        finally:
+            self._leading = False
+            self._idle.set()
+
+    def _wake(self, batch: list[_Request]) -> None:
+        for r in batch:
+            r.done.set()
+
+    def _committed(self, requests: list[_Request]) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed(deleted=any(r.kind == "delete" for r in requests))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        with trio.CancelScope(shield=True):
+            await self._idle.wait()
+            if self._checkpointer is not None:
+                await trio.to_thread.run_sync(self._checkpointer.stop)
+            # Closing the last connection checkpoints the WAL into the database.
+            await trio.to_thread.run_sync(self._conn.close)
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file from a connection and thread of
+    its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
+    every `_CHECKPOINT_EVERY` commits, and every second while there are any.
+
+    After a delete it also truncates the WAL, `_SHRED_DELAY` later, so that
+    a deleted session's pages leave it (crypto-shredding).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._cond = threading.Condition()
+        self._commits = 0
+        self._shred_at: float | None = None
+        self._stopped = False
+        self.checkpoints = 0
+        self._thread = threading.Thread(target=self._main, name="nexusd-store-checkpointer",
+                                        daemon=True)
+        self._thread.start()
+
+    def committed(self, *, deleted: bool) -> None:
+        """Called by the writer after each commit."""
+        self._commits += 1  # read under the lock only; a late count costs nothing
+        if self._commits >= _CHECKPOINT_EVERY or (deleted and self._shred_at is None):
+            with self._cond:
+                if deleted and self._shred_at is None:
+                    self._shred_at = time.monotonic() + _SHRED_DELAY
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    timeout = _CHECKPOINT_INTERVAL
+                    if self._shred_at is not None:
+                        timeout = min(timeout, max(0.0, self._shred_at - time.monotonic()))
+                    if not self._stopped and self._commits < _CHECKPOINT_EVERY:
+                        self._cond.wait(timeout)
+                    if self._stopped:
+                        return
+                    commits, self._commits = self._commits, 0
+                    shred = self._shred_at is not None and time.monotonic() >= self._shred_at
+                if commits or shred:
+                    self._checkpoint("PASSIVE")
+                if shred:
+                    busy = self._checkpoint("TRUNCATE")
+                    with self._cond:
+                        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
+        finally:
+            self._conn.close()
+
+    def _checkpoint(self, mode: str) -> bool:
+        """Runs one checkpoint; True if it could not finish (a reader was in the way)."""
+        try:
+            busy: int = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        except sqlite3.Error:
+            return True
+        self.checkpoints += 1
+        return bool(busy)
+
 
 _STOP: Final = object()
 
 
-class _Writer:
-    """The one thread that writes. Takes every queued request, runs them in one
-    transaction, each in its own savepoint (one request's error undoes only
-    that request), commits, then wakes their callers in one trip to trio."""
+class _ThreadWriter(_Writer):
+    """Commits in a thread of its own: at durability "power" every commit
+    fsyncs, and trio's thread must not wait for the disk. Takes everything
+    queued, commits, then wakes the callers in one trip to trio."""
 
-    def __init__(self, conn: sqlite3.Connection, *, checkpoints: bool) -> None:
-        self._conn = conn
-        self._checkpoints = checkpoints
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
-        self._broken: BaseException | None = None
         self._shred_at: float | None = None
-        self.commits = self.writes = self.appends = self.events = self.largest_batch = 0
         self._thread = threading.Thread(target=self._main, name="nexusd-store-writer",
                                         daemon=True)
         # A daemon thread: a store someone forgot to close must not hang the
@@ -337,13 +645,6 @@ class _Writer:
         return self._queue.qsize()
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs `fn(conn)` in the writer's next transaction and returns its value
-        once that transaction has committed.
-
-        Cancelling the call withdraws the request if the writer has not taken
-        it yet; once taken, it commits (or fails) whether anyone waits or not,
-        like any database call that timed out.
-        """
         if self._broken is not None:
             raise trio.BrokenResourceError("the store's writer failed") from self._broken
         req = _Request(kind, fn)
@@ -353,15 +654,9 @@ class _Writer:
         finally:
             if not req.done.is_set():
                 req.abandoned = True
-        if req.error is not None:
-            try:
-                raise req.error
-            finally:
-                req.error = None  # no reference cycle through the traceback
-        return req.value  # type: ignore[no-any-return]
+        return req.result()  # type: ignore[no-any-return]
 
     async def stop(self) -> None:
-        """Finishes what is queued, then closes the connection."""
         self._queue.put(_STOP)
         await self._stopped.wait()
 
@@ -369,19 +664,19 @@ class _Writer:
 
     def _main(self) -> None:
         try:
-            while self._serve():
+            while self._take():
                 pass
         except BaseException as exc:  # a bug or a broken disk: fail every caller
             self._broken = exc
             while (item := self._queue.get()) is not _STOP:
-                self._wake([item])
+                self._wake_failed([item])
         finally:
             try:
                 self._conn.close()
             finally:
                 self._call_trio(self._stopped.set)
 
-    def _serve(self) -> bool:
+    def _take(self) -> bool:
         """Serves one batch; False once told to stop."""
         timeout = None
         if self._shred_at is not None:
@@ -403,74 +698,14 @@ class _Writer:
                 stop = True
             else:
                 batch.append(item)
-        live = [r for r in batch if not r.abandoned]
-        try:
-            self._transaction([r for r in live if r.kind != "raw"])
-            for r in live:
-                if r.kind == "raw":
-                    self._run_alone(r)
-        finally:
-            self._wake(batch)
+        self._serve(batch)
         if self._shred_at is not None and time.monotonic() >= self._shred_at:
             self._checkpoint_for_shredding()
         return not stop
 
-    def _transaction(self, batch: list[_Request]) -> None:
-        if not batch:
-            return
-        conn = self._conn
-        ok: list[_Request] = []  # requests whose changes the open transaction holds
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for r in batch:
-                conn.execute("SAVEPOINT request")
-                try:
-                    r.value = r.fn(conn)
-                except Exception as exc:
-                    r.error = exc
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK TO request")
-                        conn.execute("RELEASE request")
-                    else:  # SQLite rolled everything back (e.g. disk full)
-                        self._fail(ok, exc)
-                        ok = []
-                        conn.execute("BEGIN IMMEDIATE")
-                else:
-                    conn.execute("RELEASE request")
-                    ok.append(r)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._fail([r for r in batch if r.error is None], exc)
-            return
-        finally:
-            for r in batch:
-                r.finished = True
-        self.commits += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        for r in ok:
-            if r.kind != "read":
-                self.writes += 1
-            if r.kind == "append":
-                self.appends += 1
-                self.events += r.value
-                r.value = None
-            elif r.kind == "delete" and self._checkpoints and self._shred_at is None:
-                self._shred_at = time.monotonic() + _SHRED_DELAY
-
-    def _run_alone(self, r: _Request) -> None:
-        try:
-            r.value = r.fn(self._conn)
-        except Exception as exc:
-            r.error = exc
-        r.finished = True
-
-    @staticmethod
-    def _fail(requests: list[_Request], exc: BaseException) -> None:
-        for r in requests:
-            r.value = None
-            r.error = StoreError(f"the store could not commit: {exc}")
+    def _committed(self, requests: list[_Request]) -> None:
+        if self._shred_at is None and any(r.kind == "delete" for r in requests):
+            self._shred_at = time.monotonic() + _SHRED_DELAY
 
     def _checkpoint_for_shredding(self) -> None:
         # Deleted sessions' pages (their wrapped keys) linger in the WAL until
@@ -483,11 +718,6 @@ class _Writer:
         self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
 
     def _wake(self, batch: list[_Request]) -> None:
-        for r in batch:
-            if not r.finished:  # the writer itself failed: never report success
-                r.value, r.error = None, trio.BrokenResourceError("the store's writer failed")
-                r.finished = True
-
         def wake() -> None:
             for r in batch:
                 r.done.set()
@@ -526,8 +756,13 @@ class SqliteStore:
             self._idle_send.send_nowait(conn)
         self._closed = False
         self._reads = self._sessions_read = 0
-        # Data keys in use, unwrapped: touched only by the writer thread.
+        # Data keys in use, unwrapped: touched only by the writer.
         self._ciphers: collections.OrderedDict[str, SessionCipher] = collections.OrderedDict()
+        # What the sessions rows hold, as far as the writer knows: fixed
+        # metadata and the idle deadline.
+        self._stored: collections.OrderedDict[str, tuple[tuple[Any, ...], float | None]] = (
+            collections.OrderedDict())
+        writer.on_failure = self._stored.clear
 
     def statistics(self) -> StoreStatistics:
         w = self._writer
@@ -564,7 +799,7 @@ class SqliteStore:
             self._idle_send.send_nowait(conn)
 
     def _cipher(self, conn: sqlite3.Connection, session_id: str) -> SessionCipher:
-        """The session's cipher, for the writer thread (which keeps the recent ones)."""
+        """The session's cipher, for the writer (which keeps the recent ones)."""
         cipher = self._ciphers.get(session_id)
         if cipher is None:
             key_id, wrapped = conn.execute(
@@ -602,10 +837,17 @@ class SqliteStore:
             conn.execute(_INSERT_SESSION, row)
         except sqlite3.IntegrityError:
             raise KeyError(f"session {meta.session_id} exists") from None
+        self._remember_meta(meta)
         self._remember(cipher)
 
     async def append(self, meta: SessionMeta, events: Sequence[StoredEvent]) -> None:
         """Journals `events` and updates the metadata row; returns once committed.
+
+        When only the idle deadline has moved, and by less than `_IDLE_LAG`
+        seconds since it was stored, the row is left as it is: the events'
+        timestamps carry that activity, and the stored deadline is one the
+        reaper checks against the journal before acting on it. An append
+        without events always stores `meta`.
 
         Raises:
             KeyError: the session is not in the store.
@@ -616,23 +858,47 @@ class SqliteStore:
     def _append(self, meta: SessionMeta, events: Sequence[StoredEvent],
                 conn: sqlite3.Connection) -> int:
         sid = meta.session_id
-        self._update_meta(conn, meta)
+        if not events or self._meta_outdated(meta):
+            self._update_meta(conn, meta)
         cipher = self._cipher(conn, sid)
         try:
-            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
-                             [(sid, e.seq, e.ts, cipher.seal("event", e.seq, e.payload))
-                              for e in events])
+            if len(events) == 1:
+                e = events[0]
+                conn.execute(_INSERT_EVENT, (sid, e.seq, e.ts,
+                                             cipher.seal("event", e.seq, e.payload)))
+            else:
+                conn.executemany(_INSERT_EVENT,
+                                 [(sid, e.seq, e.ts, cipher.seal("event", e.seq, e.payload))
+                                  for e in events])
         except sqlite3.IntegrityError:
             raise StoreError(f"session {sid}: an event of seq "
                              f"{[e.seq for e in events]} is already journaled") from None
         return len(events)
 
-    @staticmethod
-    def _update_meta(conn: sqlite3.Connection, meta: SessionMeta) -> None:
-        cur = conn.execute(f"UPDATE sessions SET {_SET_META} WHERE id = ?",
-                           (*_meta_params(meta), meta.session_id))
+    def _meta_outdated(self, meta: SessionMeta) -> bool:
+        stored = self._stored.get(meta.session_id)
+        if stored is None or stored[0] != _fixed_meta(meta):
+            return True
+        idle, stored_idle = meta.idle_expires_at, stored[1]
+        if idle == stored_idle:
+            return False
+        return idle is None or stored_idle is None or not 0 < idle - stored_idle < _IDLE_LAG
+
+    def _update_meta(self, conn: sqlite3.Connection, meta: SessionMeta) -> None:
+        cur = conn.execute(_UPDATE_META, (*_meta_params(meta), meta.session_id))
         if cur.rowcount == 0:
             raise KeyError(f"session {meta.session_id} is not in the store")
+        self._remember_meta(meta)
+
+    def _remember_meta(self, meta: SessionMeta) -> None:
+        """Notes what the row holds now (the writer forgets it all on any
+        failure, as the transaction may not have kept it)."""
+        sid = meta.session_id
+        fixed = (dict(meta.tokens), *_fixed_meta(meta)[1:])  # a copy: grants change it
+        self._stored[sid] = (fixed, meta.idle_expires_at)
+        self._stored.move_to_end(sid)
+        if len(self._stored) > _CIPHER_CACHE:
+            self._stored.popitem(last=False)
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         """Stores the state as of `seq`; events up to `seq` become history, kept
@@ -671,6 +937,7 @@ class SqliteStore:
         # rows are ciphertext nobody can open, so it goes first. All in one
         # transaction; secure_delete zeroes the freed space in the pages.
         self._ciphers.pop(session_id, None)
+        self._stored.pop(session_id, None)
         conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
         conn.execute("DELETE FROM events WHERE session_id = ?", (session_id,))
 
@@ -846,7 +1113,8 @@ async def open_sqlite_store(
     if durability != "memory" and data_dir is None:
         raise ValueError(f"durability {durability!r} needs a data directory")
 
-    def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing]:
+    def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing,
+                           _Checkpointer | None]:
         if durability == "memory":
             ring = keyring or KeyRing.generate()
             target = ":memory:"
@@ -870,16 +1138,21 @@ async def open_sqlite_store(
                     if durability != "memory"]
             for r in pool:
                 r.execute("PRAGMA query_only = ON")
+            checkpointer = None
+            if durability == "process":
+                conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+                checkpointer = _Checkpointer(_connect(target, durability))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None
         except BaseException:
             conn.close()
             raise
-        return conn, pool, ring
+        return conn, pool, ring, checkpointer
 
-    conn, pool, ring = await trio.to_thread.run_sync(open_db)
-    writer = _Writer(conn, checkpoints=durability != "memory")
+    conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
+    writer: _Writer = (_ThreadWriter(conn) if durability == "power"
+                       else _TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
                        retention_seconds=retention_seconds, clock=clock)
 

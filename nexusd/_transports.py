@@ -34,9 +34,22 @@ class StreamTransport:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.peer, self.admin = _peer_of(stream.socket)
+        self._fd = stream.socket.fileno()
 
     async def receive(self) -> bytes:
         return await self.stream.receive_some(RECEIVE_SIZE)
+
+    def send_now(self, data: bytes) -> int:
+        """Writes as much of `data` as the socket takes without waiting.
+
+        Never called while `send` is writing, nor after `aclose`.
+        """
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the client went away: {exc}") from None
 
     async def send(self, frames: list[bytes]) -> None:
         await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))

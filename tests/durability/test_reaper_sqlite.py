@@ -30,10 +30,11 @@ from raw_client import RawClient, connect_unix, make_config, run_daemon
 from trio.testing import MockClock
 
 from nexusd import Daemon
+from nexusd._actor import meta_of
 from nexusd._auth import hash_token
 from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
 from nexusd._state import SessionState
-from nexusd._store import SessionMeta
+from nexusd._store import SessionMeta, StoredEvent
 
 
 @pytest.fixture
@@ -216,3 +217,73 @@ async def test_many_dormant_sessions_cost_the_reaper_nothing_until_a_deadline(
                 assert _rows_of(data, ids[i]) == (0, 0)
             alive = await c.call(p.Get, session_id=ids[DUE], token=f"nxs_test{DUE}")
             assert isinstance(alive, p.StateReply), alive
+
+
+def _stored_idle_deadline(data: Path, session_id: str) -> float:
+    with closing(sqlite3.connect(f"file:{data / DB_FILE}?mode=ro", uri=True)) as conn:
+        value: float = conn.execute("SELECT idle_expires_at FROM sessions WHERE id = ?",
+                                    (session_id,)).fetchone()[0]
+    return value
+
+
+async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
+        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
+    # Appends refresh the stored idle deadline lazily (when it lags by 10 s
+    # or more); the journal knows the rest. A daemon that stopped without
+    # writing a snapshot (killed) leaves such a lagging deadline behind.
+    data = tmp_path / "data"
+    now = time.time()
+    sid, token = "a" * 32, "nxs_lagging"
+    tokens = {hash_token(token): "admin"}
+    state = SessionState(sid, now, "api", 3600.0, now + 3600, 300.0)
+    async with await open_sqlite_store(data, durability="process") as store:
+        await store.create(meta_of(state, tokens), state.to_snapshot())
+        change = p.Change(session_id=sid, seq=1, op="set", ts=now + 8, channel="api",
+                          writer="w", key="k", value="kept", version=1)
+        state.apply(change)
+        await store.append(meta_of(state, tokens),
+                           [StoredEvent(1, change.ts, p.encode_body(change))])
+    assert _stored_idle_deadline(data, sid) == pytest.approx(now + 300)  # lagging by 8 s
+
+    async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
+        store, wall = _sqlite(daemon), daemon.registry.clock
+        # Past the stored deadline, before the journal's: the reaper checks
+        # the journal, keeps the session and stores the right deadline.
+        clock.jump(now + 302 - wall.now())
+        await wait_until(lambda: _stored_idle_deadline(data, sid) > now + 300,
+                         "the stored deadline corrected")
+        assert _stored_idle_deadline(data, sid) == pytest.approx(now + 308)
+        assert reaper_expired(daemon) == 0
+        loaded = await store.load(sid)
+        assert loaded is not None and len(loaded.events) == 1
+        # Past the journal's deadline, it expires.
+        clock.jump(now + 309 - wall.now())
+        await wait_until(lambda: _count_is(store, 0), "the session expired")
+        assert reaper_expired(daemon) == 1
+
+
+def reaper_expired(daemon: Daemon) -> int:
+    return daemon.reaper.statistics().dormant_expired
+
+
+async def test_activation_judges_expiry_by_the_journal(
+        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
+    data = tmp_path / "data"
+    now = time.time()
+    sid, token = "b" * 32, "nxs_lagging"
+    tokens = {hash_token(token): "admin"}
+    state = SessionState(sid, now, "api", 3600.0, now + 3600, 300.0)
+    async with await open_sqlite_store(data, durability="process") as store:
+        await store.create(meta_of(state, tokens), state.to_snapshot())
+        change = p.Change(session_id=sid, seq=1, op="set", ts=now + 8, channel="api",
+                          writer="w", key="k", value="kept", version=1)
+        state.apply(change)
+        await store.append(meta_of(state, tokens),
+                           [StoredEvent(1, change.ts, p.encode_body(change))])
+    config = make_config(data, socket_dir, ws=None, durability="process")
+    async with run_daemon(config) as daemon:
+        clock.jump(now + 304 - daemon.registry.clock.now())
+        assert daemon.socket_path is not None
+        async with connect_unix(daemon.socket_path) as c:
+            got = await c.call(p.Get, session_id=sid, key="k", token=token)
+            assert isinstance(got, p.Value) and got.value == "kept", got

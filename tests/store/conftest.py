@@ -39,11 +39,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, keyring: KeyRing
         await s.aclose()
 
 
-@pytest.fixture
-async def sqlite_store(tmp_path: Path, keyring: KeyRing,
+@pytest.fixture(params=["process", "power"])
+async def sqlite_store(request: pytest.FixtureRequest, tmp_path: Path, keyring: KeyRing,
                        wall: FakeWallClock) -> AsyncIterator[SqliteStore]:
-    s = await open_sqlite_store(tmp_path, keyring=keyring, retention_events=RETENTION,
-                                retention_seconds=3600.0, clock=wall)
+    """A disk store with each of its writers: "process" commits in trio's
+    thread, "power" in a writer thread of its own."""
+    s = await open_sqlite_store(tmp_path, durability=request.param, keyring=keyring,
+                                retention_events=RETENTION, retention_seconds=3600.0,
+                                clock=wall)
     try:
         yield s
     finally:

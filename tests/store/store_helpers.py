@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from nexusd._sqlite_store import DB_FILE, SqliteStore
+from nexusd._sqlite_store import DB_FILE, SqliteStore, _TaskWriter
 from nexusd._store import SessionMeta, StoredEvent
 
 RETENTION = 5
@@ -60,8 +60,18 @@ def files_bytes(data_dir: Path) -> dict[str, bytes]:
 
 @asynccontextmanager
 async def writer_paused(store: SqliteStore) -> AsyncIterator[None]:
-    """Holds the store's writer thread busy until the block exits, so that
-    requests made inside the block queue up and go into one transaction."""
+    """Holds the store's writer busy until the block exits, so that requests
+    made inside the block queue up and go into one transaction."""
+    writer = store._writer
+    if isinstance(writer, _TaskWriter):
+        # It commits in trio's thread, led by a caller: hold the lead meanwhile.
+        writer._leading = True
+        try:
+            yield
+        finally:
+            writer._leading = False
+            await writer._lead()
+        return
     gate, entered = threading.Event(), threading.Event()
 
     def block(conn: sqlite3.Connection) -> None:

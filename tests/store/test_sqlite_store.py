@@ -17,7 +17,9 @@ import pytest
 import trio
 import trio.testing
 from store_helpers import NOW, FakeWallClock, events, make_meta, raw_db, wait_queued, writer_paused
+from trio.testing import MockClock
 
+from nexusd import _sqlite_store
 from nexusd._crypto import KeyRing
 from nexusd._sqlite_store import (
     _INSERT_SESSION,
@@ -31,6 +33,7 @@ from nexusd._sqlite_store import (
     new_session_row,
     open_sqlite_store,
 )
+from nexusd._store import SessionMeta
 
 # -- persistence and durability ----------------------------------------------
 
@@ -182,6 +185,93 @@ async def test_concurrent_appends_share_commits(sqlite_store: SqliteStore) -> No
     for meta in sessions:
         loaded = await sqlite_store.load(meta.session_id)
         assert loaded is not None and list(loaded.events) == events(1, 4)
+
+
+@pytest.fixture
+def frozen_clock() -> MockClock:
+    """Time stands still: every write comes within the writer's grouping window."""
+    return MockClock()
+
+
+async def test_appends_from_tasks_runnable_together_share_a_commit(
+        tmp_path: Path, frozen_clock: MockClock) -> None:
+    # At "process" the writer commits in trio's thread. While writes come
+    # thick, the first caller yields once to the other tasks about to run,
+    # then commits for them all.
+    store = await open_sqlite_store(tmp_path, durability="process")
+    async with store:
+        for i in range(20):
+            await store.create(make_meta(f"s{i}"), b"")
+        before = store.statistics()
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(store.append, make_meta(f"s{i}"), events(1, 1))
+        after = store.statistics()
+        assert (after.appends - before.appends, after.commits - before.commits) == (20, 1)
+
+
+async def test_the_wal_is_checkpointed_outside_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At "process" the writer never checkpoints (it would wait on the disk in
+    # trio's thread): a thread of its own copies the WAL into the database.
+    monkeypatch.setattr(_sqlite_store, "_CHECKPOINT_EVERY", 5)
+    store = await open_sqlite_store(tmp_path, durability="process")
+    async with store:
+        assert store._writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        await store.create(make_meta("s"), b"")
+        for seq in range(1, 11):
+            await store.append(make_meta("s"), events(seq, seq))
+
+        def backfilled() -> bool:
+            with raw_db(tmp_path) as conn:
+                _busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return bool(log) and log == done
+
+        checkpointer = store._writer._checkpointer  # type: ignore[attr-defined]
+        with trio.fail_after(10):  # real time: the checkpointer is a thread
+            while not checkpointer.checkpoints:  # noqa: ASYNC110 - set by a thread
+                await trio.sleep(0.01)
+        assert backfilled()
+
+
+def _stored_idle(data: Path, session_id: str) -> float:
+    with raw_db(data) as conn:
+        value: float = conn.execute("SELECT idle_expires_at FROM sessions WHERE id = ?",
+                                    (session_id,)).fetchone()[0]
+    return value
+
+
+async def test_appends_refresh_a_moving_idle_deadline_lazily(sqlite_store: SqliteStore,
+                                                             tmp_path: Path) -> None:
+    def meta(idle: float) -> SessionMeta:
+        return make_meta("s", expires_at=5000.0, idle_expires_at=idle)
+
+    await sqlite_store.create(meta(100.0), b"")
+    await sqlite_store.append(meta(105.0), events(1, 1))
+    assert _stored_idle(tmp_path, "s") == 100.0  # 5 s behind: the journal says it
+    await sqlite_store.append(meta(110.0), events(2, 2))
+    assert _stored_idle(tmp_path, "s") == 110.0  # 10 s behind: stored
+    await sqlite_store.append(meta(111.0), [])
+    assert _stored_idle(tmp_path, "s") == 111.0  # no events: always stored
+    await sqlite_store.append(make_meta("s", expires_at=6000.0, idle_expires_at=112.0),
+                              events(3, 3))
+    assert _stored_idle(tmp_path, "s") == 112.0  # anything else changed: stored
+
+
+async def test_a_failed_append_leaves_no_belief_about_the_stored_row(
+        sqlite_store: SqliteStore, tmp_path: Path) -> None:
+    def meta(idle: float) -> SessionMeta:
+        return make_meta("s", expires_at=5000.0, idle_expires_at=idle)
+
+    await sqlite_store.create(meta(100.0), b"")
+    await sqlite_store.append(meta(100.0), events(1, 1))
+    # Stores the row's new deadline, then fails on the duplicate seq: undone.
+    with pytest.raises(StoreError, match="already journaled"):
+        await sqlite_store.append(meta(120.0), events(1, 1))
+    assert _stored_idle(tmp_path, "s") == 100.0
+    # 5 s after what the failed append meant to store, 25 s after what is there.
+    await sqlite_store.append(meta(125.0), events(2, 2))
+    assert _stored_idle(tmp_path, "s") == 125.0
 
 
 async def test_sequential_appends_commit_each(sqlite_store: SqliteStore) -> None:
