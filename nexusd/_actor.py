@@ -71,6 +71,7 @@ __all__ = [
     "CheckExpiry",
     "Disconnect",
     "Envelope",
+    "Quiet",
     "SessionActor",
     "meta_of",
     "replay_events",
@@ -136,6 +137,11 @@ class CheckExpiry:
 
 
 @attrs.frozen
+class Quiet:
+    """From the registry: no traffic for `hibernate_after`; hibernate if unwatched."""
+
+
+@attrs.frozen
 class Disconnect:
     """A connection closed: forget its subscription, announce it left."""
 
@@ -147,7 +153,7 @@ class Envelope:
     """One mailbox item: a protocol request from a connection, or an internal
     command with an `Ask` to answer."""
 
-    request: Message | CheckExpiry | Disconnect
+    request: Message | CheckExpiry | Disconnect | Quiet
     caller: Caller | None = None
     ask: Ask | None = None
 
@@ -200,7 +206,7 @@ class SessionActor:
         self._catch_up: list[bytes] = []
         self._since_snapshot = 0
         self._published_seq = state.seq
-        self._last_traffic = trio.current_time()
+        self.last_traffic = trio.current_time()  # the registry's hibernator reads it
         self.ended = False
 
     # ------------------------------------------------------------ outside API
@@ -267,31 +273,19 @@ class SessionActor:
 
     async def _loop(self) -> None:
         while True:
-            envelope = None
-            with trio.move_on_at(self._last_traffic + self.config.hibernate_after):
-                try:
-                    envelope = await self._inbox.receive()
-                except trio.EndOfChannel:
-                    await self._hibernate()
-                    return
-            if envelope is None:
-                # Quiet for a while. Connections that closed without their
-                # goodbye reaching us (a full mailbox) no longer count.
-                for cid, sub in list(self._subscribers.items()):
-                    if sub.caller.outbox.closed:
-                        self._unsubscribe(cid)
-                if self._inbox.statistics().current_buffer_used == 0 and not self._subscribers:
-                    await self._hibernate()
-                    return
-                self._last_traffic = trio.current_time()
-                continue
+            try:
+                envelope = await self._inbox.receive()
+            except trio.EndOfChannel:
+                await self._hibernate()
+                return
             batch = [envelope]
             while len(batch) < self.config.max_batch:
                 try:
                     batch.append(self._inbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break  # after a close, the next receive ends the loop
-            self._last_traffic = trio.current_time()
+            if len(batch) > 1 or type(envelope.request) is not Quiet:
+                self.last_traffic = trio.current_time()
             self._batch.extend(batch)
             # The batch's replies and events leave together, on release.
             self.registry.flusher.hold()
@@ -364,6 +358,18 @@ class SessionActor:
             return True
         if isinstance(req, Disconnect):
             self._unsubscribe(req.connection_id)
+            return True
+        if isinstance(req, Quiet):
+            # Connections that closed without their goodbye reaching us (a
+            # full mailbox) no longer count.
+            for cid, sub in list(self._subscribers.items()):
+                if sub.caller.outbox.closed:
+                    self._unsubscribe(cid)
+            quiet = trio.current_time() - self.last_traffic >= self.config.hibernate_after
+            if quiet and not self._subscribers and not self._batch and not self._pending \
+                    and self._inbox.statistics().current_buffer_used == 0:
+                await self._hibernate()
+                return False
             return True
         if isinstance(req, Invalidate):
             await self._flush()

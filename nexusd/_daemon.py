@@ -132,6 +132,7 @@ class Daemon:
                 async with trio.open_nursery() as services:
                     self._services = services
                     await services.start(self.reaper.run)
+                    await services.start(self.registry.hibernate_quiet)
                     if isinstance(self.store, SqliteStore):
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.

@@ -8,6 +8,8 @@ use. The first request for a dormant session activates it from the store
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -16,7 +18,7 @@ import attrs
 import trio
 from nexus_protocol import Create, Created, ErrorCode, Limits
 
-from ._actor import ActorConfig, Caller, Envelope, SessionActor, meta_of, replay_events
+from ._actor import ActorConfig, Caller, Envelope, Quiet, SessionActor, meta_of, replay_events
 from ._auth import hash_token, new_session_id, new_token
 from ._clock import WallClock
 from ._errors import RequestError
@@ -68,6 +70,10 @@ class Registry:
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, trio.Event] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
+        # The hibernator's heap: (when to check, tie-breaker, actor).
+        self._quiet: list[tuple[float, int, SessionActor]] = []
+        self._quiet_order = itertools.count()
+        self._quiet_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
         # Daemon-wide analytics since start: channel label -> count.
         self.created_on: Counter[str] = Counter()
@@ -156,6 +162,41 @@ class Registry:
         await self._nursery.start(actor.run)
         self._actors[actor.session_id] = actor
         self.reaper.schedule(actor.session_id, actor.deadline)
+        self._watch_quiet(actor, trio.current_time() + self.actor_config.hibernate_after)
+
+    def _watch_quiet(self, actor: SessionActor, due: float) -> None:
+        heapq.heappush(self._quiet, (due, next(self._quiet_order), actor))
+        if self._quiet_lot:
+            self._quiet_lot.unpark_all()
+
+    async def hibernate_quiet(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+        """Tells each actor when it has had no traffic for `hibernate_after`
+        (it hibernates then, unless watched).
+
+        One heap entry per actor, checked when due: an actor that had
+        traffic meanwhile is due again `hibernate_after` after it, so that
+        traffic itself costs nothing here.
+        """
+        task_status.started()
+        after = self.actor_config.hibernate_after
+        while True:
+            if not self._quiet:
+                await self._quiet_lot.park()
+                continue
+            due, _, actor = self._quiet[0]
+            now = trio.current_time()
+            if due > now:
+                # New entries are never due before this one: `after` from now.
+                await trio.sleep_until(due)
+                continue
+            heapq.heappop(self._quiet)
+            if actor.ended:
+                continue
+            if actor.last_traffic + after > now:
+                self._watch_quiet(actor, actor.last_traffic + after)
+            elif actor.send_nowait(Envelope(Quiet())) or not actor.ended:
+                self._watch_quiet(actor, now + after)
 
     # ---------------------------------------------------------- activation
 

@@ -129,6 +129,34 @@ def test_session_cipher_binds_purpose_and_seq() -> None:
     assert cipher.seal("event", 7, b"x") != blob  # a fresh nonce every time
 
 
+def _nonce(blob: bytes) -> bytes:
+    return blob[1:13]  # after the format byte
+
+
+def test_every_seal_has_its_own_nonce() -> None:
+    cipher = SessionCipher("s", new_data_key())
+    nonces = {_nonce(cipher.seal("event", 1, b"x")) for _ in range(2000)}  # several draws
+    assert len(nonces) == 2000
+
+
+def test_a_forked_child_never_repeats_its_parents_nonces() -> None:
+    cipher = SessionCipher("s", new_data_key())
+    cipher.seal("event", 1, b"x")  # the parent holds a partly used draw
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next nonce, to the parent
+        try:
+            os.write(write, _nonce(cipher.seal("event", 1, b"x")))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = {_nonce(cipher.seal("event", 1, b"x")) for _ in range(300)}
+    assert len(child) == 12 and child not in parent
+
+
 # -- the right master key, or nothing -----------------------------------------
 
 
