@@ -471,8 +471,9 @@ class _TaskWriter(_Writer):
     The first caller to find the writer idle leads: while writes come thick
     (the last commit held several, or ended under `_GROUPING_WINDOW` ago) it
     yields once, so that every other task about to run (other session
-    actors) can queue its request too, then commits all of them and wakes
-    their callers; a write that comes alone commits at once. At
+    actors) can queue its request too, then commits all of them, wakes their
+    callers and hands the lead to the first caller that queued meanwhile; a
+    write that comes alone commits at once. At
     durability "process" a commit is a write into the WAL file, with no
     fsync, and the WAL is checkpointed by a `_Checkpointer` in another thread,
     so that no commit waits on the database file.
@@ -500,37 +501,52 @@ class _TaskWriter(_Writer):
             raise trio.ClosedResourceError("the store is closed")
         req = _Request(kind, fn)
         self._queue.append(req)
-        if self._leading:
+        if not self._leading:
+            self._leading = True
+            self._idle = trio.Event()
+            await self._lead(req)
+        else:
             try:
                 await req.done.wait()
             finally:
                 if not req.done.is_set():
                     req.abandoned = True
-        else:
-            await self._lead()
+            if not req.finished:  # handed the lead
+                await self._lead(req)
         return req.result()  # type: ignore[no-any-return]
 
-    async def _lead(self) -> None:
-        self._leading = True
-        self._idle = trio.Event()
+    async def _lead(self, mine: _Request) -> None:
+        """Commits what is queued (`mine` first), then hands the lead to the
+        next caller still waiting, if any: a leader serves one batch, so
+        that its own caller is never held up by a stream of others."""
         try:
-            while self._queue:
-                if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
-                    # Writes are coming thick: let the tasks about to run add
-                    # theirs to this commit. Shielded: a leader's request, once
-                    # queued, commits.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                batch = self._queue[:_MAX_BATCH]
-                del self._queue[:_MAX_BATCH]
-                self._busy = len(batch) > 1
-                self._serve(batch)
-                self._last_commit = trio.current_time()
+            if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
+                # Writes are coming thick: let the tasks about to run add
+                # theirs to this commit. Shielded: a leader's request, once
+                # queued, commits.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            batch = self._queue[:_MAX_BATCH]
+            del self._queue[:_MAX_BATCH]
+            assert batch[0] is mine
+            self._busy = len(batch) > 1
+            self._serve(batch)
+            self._last_commit = trio.current_time()
         except BaseException as exc:  # a bug: fail every caller, now and later
             self._broken = exc
             batch, self._queue = self._queue, []
             self._wake_failed(batch)
+            self._leading = False
+            self._idle.set()
             raise
-        finally:
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Passes the lead to the first caller still waiting, or ends it."""
+        while self._queue and self._queue[0].abandoned:
+            self._queue.pop(0).finished = True  # its caller is gone
+        if self._queue:
+            self._queue[0].done.set()  # leads, once it runs
+        else:
             self._leading = False
             self._idle.set()
 

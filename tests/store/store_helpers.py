@@ -64,13 +64,14 @@ async def writer_paused(store: SqliteStore) -> AsyncIterator[None]:
     made inside the block queue up and go into one transaction."""
     writer = store._writer
     if isinstance(writer, _TaskWriter):
-        # It commits in trio's thread, led by a caller: hold the lead meanwhile.
+        # It commits in trio's thread, led by a caller: hold the lead meanwhile,
+        # then hand it over as a leader does.
         writer._leading = True
+        writer._idle = trio.Event()
         try:
             yield
         finally:
-            writer._leading = False
-            await writer._lead()
+            writer._hand_over()
         return
     gate, entered = threading.Event(), threading.Event()
 

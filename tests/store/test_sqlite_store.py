@@ -210,6 +210,26 @@ async def test_appends_from_tasks_runnable_together_share_a_commit(
         assert (after.appends - before.appends, after.commits - before.commits) == (20, 1)
 
 
+async def test_a_queue_longer_than_a_batch_is_served_batch_by_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_clock: MockClock) -> None:
+    # Each leader commits one batch and hands the lead to the next caller.
+    monkeypatch.setattr(_sqlite_store, "_MAX_BATCH", 4)
+    store = await open_sqlite_store(tmp_path, durability="process")
+    async with store:
+        await store.create(make_meta("s"), b"")
+        before = store.statistics()
+        async with trio.open_nursery() as nursery, writer_paused(store):
+            for seq in range(1, 11):
+                nursery.start_soon(store.append, make_meta("s"), events(seq, seq))
+            await wait_queued(store, 10)
+        after = store.statistics()
+        assert (after.appends - before.appends, after.commits - before.commits) == (10, 3)
+        assert after.largest_batch == 4
+        loaded = await store.load("s")
+        assert loaded is not None and list(loaded.events) == events(1, 10)
+        await store.append(make_meta("s"), events(11, 11))  # and the writer is idle again
+
+
 async def test_the_wal_is_checkpointed_outside_the_writer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # At "process" the writer never checkpoints (it would wait on the disk in
