@@ -219,6 +219,13 @@ class SessionActor:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def may_hibernate(self) -> bool:
+        """Whether a `Quiet` could make a difference: the session is
+        unwatched, or a watcher's connection closed without its goodbye
+        reaching the mailbox. Watched sessions are not woken for nothing."""
+        return not self._subscribers or any(
+            sub.caller.outbox.closed for sub in self._subscribers.values())
+
     async def send(self, envelope: Envelope, patience: float) -> None:
         """Queues `envelope`, waiting at most `patience` seconds for mailbox room.
 

@@ -195,7 +195,8 @@ class Registry:
                 continue
             if actor.last_traffic + after > now:
                 self._watch_quiet(actor, actor.last_traffic + after)
-            elif actor.send_nowait(Envelope(Quiet())) or not actor.ended:
+            elif not actor.may_hibernate() or actor.send_nowait(Envelope(Quiet())) \
+                    or not actor.ended:
                 self._watch_quiet(actor, now + after)
 
     # ---------------------------------------------------------- activation

@@ -9,6 +9,7 @@ import trio
 from raw_client import RawClient, connect_unix, connect_ws
 
 from nexusd import Daemon
+from nexusd._actor import Disconnect, Envelope, SessionActor
 
 
 async def _session(c: RawClient, **fields: object) -> tuple[str, str]:
@@ -146,3 +147,32 @@ async def test_hibernation_keeps_state_and_seq(daemon: Daemon, autojump_clock: o
         assert [(ch.seq, ch.op, ch.key) for ch in replayed] == [
             (2, "set", "b"), (3, "delete", "a"), (4, "context", None), (5, "set", "c")]
         await sub.no_event_within(1.0)
+
+
+@pytest.mark.daemon_config(hibernate_after=5.0)
+async def test_a_watcher_whose_goodbye_was_lost_does_not_keep_a_session_in_memory(
+        daemon: Daemon, autojump_clock: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection's goodbye (Disconnect) is dropped when the session's
+    # mailbox is full; the session must still hibernate once quiet.
+    send_nowait = SessionActor.send_nowait
+
+    def losing_goodbyes(self: SessionActor, envelope: Envelope) -> bool:
+        if isinstance(envelope.request, Disconnect):
+            return False
+        return send_nowait(self, envelope)
+
+    monkeypatch.setattr(SessionActor, "send_nowait", losing_goodbyes)
+    assert daemon.socket_path is not None
+    async with connect_unix(daemon.socket_path) as c:
+        sid, token = await _session(c, ttl=3600)
+        async with connect_unix(daemon.socket_path) as sub:
+            await sub.call(p.Attach, session_id=sid, token=token)
+            await sub.next_of(p.Snapshot)
+        t_closed = trio.current_time()
+        actor = daemon.registry.active(sid)
+        assert actor is not None and actor.subscriber_count == 1  # the goodbye was lost
+        await trio.sleep_until(t_closed + 4.9)
+        assert daemon.registry.active(sid) is not None
+        await trio.sleep_until(t_closed + 5.1)
+        assert daemon.registry.active(sid) is None
+        assert daemon.registry.statistics().hibernations == 1
