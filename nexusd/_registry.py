@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import weakref
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -71,7 +72,7 @@ class Registry:
         self._activating: dict[str, trio.Event] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         # The hibernator's heap: (when to check, tie-breaker, actor).
-        self._quiet: list[tuple[float, int, SessionActor]] = []
+        self._quiet: list[tuple[float, int, weakref.ref[SessionActor]]] = []
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
@@ -165,7 +166,8 @@ class Registry:
         self._watch_quiet(actor, trio.current_time() + self.actor_config.hibernate_after)
 
     def _watch_quiet(self, actor: SessionActor, due: float) -> None:
-        heapq.heappush(self._quiet, (due, next(self._quiet_order), actor))
+        # A weak reference: an actor that ended is not kept alive by its entry.
+        heapq.heappush(self._quiet, (due, next(self._quiet_order), weakref.ref(actor)))
         if self._quiet_lot:
             self._quiet_lot.unpark_all()
 
@@ -179,25 +181,31 @@ class Registry:
         traffic itself costs nothing here.
         """
         task_status.started()
-        after = self.actor_config.hibernate_after
         while True:
             if not self._quiet:
                 await self._quiet_lot.park()
                 continue
-            due, _, actor = self._quiet[0]
+            due, _, ref = self._quiet[0]
             now = trio.current_time()
             if due > now:
                 # New entries are never due before this one: `after` from now.
                 await trio.sleep_until(due)
                 continue
             heapq.heappop(self._quiet)
-            if actor.ended:
-                continue
-            if actor.last_traffic + after > now:
-                self._watch_quiet(actor, actor.last_traffic + after)
-            elif not actor.may_hibernate() or actor.send_nowait(Envelope(Quiet())) \
-                    or not actor.ended:
-                self._watch_quiet(actor, now + after)
+            self._check_quiet(ref, now)
+
+    def _check_quiet(self, ref: weakref.ref[SessionActor], now: float) -> None:
+        # Not inline in `hibernate_quiet`: its frame, asleep, would keep the
+        # last actor it looked at alive.
+        actor = ref()
+        if actor is None or actor.ended:
+            return
+        after = self.actor_config.hibernate_after
+        if actor.last_traffic + after > now:
+            self._watch_quiet(actor, actor.last_traffic + after)
+        elif not actor.may_hibernate() or actor.send_nowait(Envelope(Quiet())) \
+                or not actor.ended:
+            self._watch_quiet(actor, now + after)
 
     # ---------------------------------------------------------- activation
 

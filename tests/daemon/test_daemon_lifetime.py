@@ -3,6 +3,9 @@ sessions leave memory and come back identical. All in virtual time."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import nexus_protocol as p
 import pytest
 import trio
@@ -176,3 +179,19 @@ async def test_a_watcher_whose_goodbye_was_lost_does_not_keep_a_session_in_memor
         await trio.sleep_until(t_closed + 5.1)
         assert daemon.registry.active(sid) is None
         assert daemon.registry.statistics().hibernations == 1
+
+
+@pytest.mark.daemon_config(hibernate_after=2.0)
+async def test_a_hibernated_session_leaves_nothing_in_memory(daemon: Daemon,
+                                                            autojump_clock: object) -> None:
+    assert daemon.socket_path is not None
+    async with connect_unix(daemon.socket_path) as c:
+        sid, _token = await _session(c, ttl=3600)
+        actor = daemon.registry.active(sid)
+        assert actor is not None
+        gone = weakref.ref(actor)
+        del actor
+        await trio.sleep(2.5)
+        assert daemon.registry.active(sid) is None
+        gc.collect()
+        assert gone() is None
