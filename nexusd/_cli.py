@@ -127,6 +127,9 @@ def _configure_logging(level: str) -> None:
 #: everything is collected in full. See `_gc_policy`.
 GC_FREEZE_EVERY = 10.0
 GC_FULL_EVERY = 3600.0
+#: Collections of the middle generation before CPython collects in full by
+#: itself: never, in practice; `_gc_policy` does it on its own schedule.
+GC_OLDEST_THRESHOLD = 1_000_000_000
 
 
 async def _gc_policy() -> None:
@@ -138,8 +141,12 @@ async def _gc_policy() -> None:
     survived a while (session state, actors, connections) are frozen every few
     seconds, so automatic collections only walk what is young; once an hour
     everything is unfrozen and collected in full, so that cyclic garbage among
-    old objects is reclaimed, with the pause logged.
+    old objects is reclaimed, with the pause logged. CPython's own full
+    collections are turned off: between two freezes, a burst of new sessions
+    would otherwise make one walk all of them at once.
     """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, GC_OLDEST_THRESHOLD)
     last_full = trio.current_time()
     while True:
         await trio.sleep(GC_FREEZE_EVERY)

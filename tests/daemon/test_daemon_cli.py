@@ -5,6 +5,8 @@ These tests run on the real clock: the daemon is another process.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
 import signal
@@ -13,9 +15,11 @@ import sys
 from pathlib import Path
 
 import nexus_protocol as p
+import pytest
 import trio
 from raw_client import connect_unix, connect_ws
 
+from nexusd import _cli
 from nexusd._config import FIELDS
 
 NEXUSD = [sys.executable, "-m", "nexusd"]
@@ -121,3 +125,26 @@ def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
     result = subprocess.run([*NEXUSD], capture_output=True, text=True, timeout=30,
                             env=_environ(tmp_path))
     assert result.returncode == 2 and "serve" in result.stdout
+
+
+async def test_the_gc_policy_freezes_survivors_and_collects_in_full_on_its_own_schedule(
+        autojump_clock: object, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(_cli, "GC_FULL_EVERY", 25.0)
+    threshold = gc.get_threshold()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cli._gc_policy)
+            await trio.sleep(_cli.GC_FREEZE_EVERY + 0.1)
+            # CPython collects no more in full by itself; survivors are frozen.
+            assert gc.get_threshold() == (*threshold[:2], _cli.GC_OLDEST_THRESHOLD)
+            assert gc.get_freeze_count() > 0
+            assert "full garbage collection" not in caplog.text
+            with caplog.at_level(logging.INFO, logger="nexusd"):
+                await trio.sleep(20)
+            assert re.search(r"full garbage collection: \d+ unreachable objects, \d+ ms",
+                             caplog.text)
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
