@@ -226,15 +226,16 @@ def _stored_idle_deadline(data: Path, session_id: str) -> float:
     return value
 
 
-async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
-        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
-    # Appends refresh the stored idle deadline lazily (when it lags by 10 s
-    # or more); the journal knows the rest. A daemon that stopped without
-    # writing a snapshot (killed) leaves such a lagging deadline behind.
-    data = tmp_path / "data"
+LAGGING_TOKEN = "nxs_lagging"
+
+
+async def _store_a_lagging_idle_deadline(data: Path, sid: str) -> float:
+    """A session with a 300 s idle timeout, created at the returned `now` and
+    written at now + 8 s: the store keeps its idle deadline at now + 300 (it
+    lags by 8 s), the journal says now + 308. A daemon that stopped without
+    writing a snapshot (killed) leaves such a lagging deadline behind."""
     now = time.time()
-    sid, token = "a" * 32, "nxs_lagging"
-    tokens = {hash_token(token): "admin"}
+    tokens = {hash_token(LAGGING_TOKEN): "admin"}
     state = SessionState(sid, now, "api", 3600.0, now + 3600, 300.0)
     async with await open_sqlite_store(data, durability="process") as store:
         await store.create(meta_of(state, tokens), state.to_snapshot())
@@ -243,8 +244,14 @@ async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
         state.apply(change)
         await store.append(meta_of(state, tokens),
                            [StoredEvent(1, change.ts, p.encode_body(change))])
-    assert _stored_idle_deadline(data, sid) == pytest.approx(now + 300)  # lagging by 8 s
+    assert _stored_idle_deadline(data, sid) == pytest.approx(now + 300)
+    return now
 
+
+async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
+        tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
+    data, sid = tmp_path / "data", "a" * 32
+    now = await _store_a_lagging_idle_deadline(data, sid)
     async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
         store, wall = _sqlite(daemon), daemon.registry.clock
         # Past the stored deadline, before the journal's: the reaper checks
@@ -268,22 +275,12 @@ def reaper_expired(daemon: Daemon) -> int:
 
 async def test_activation_judges_expiry_by_the_journal(
         tmp_path: Path, socket_dir: Path, clock: MockClock) -> None:
-    data = tmp_path / "data"
-    now = time.time()
-    sid, token = "b" * 32, "nxs_lagging"
-    tokens = {hash_token(token): "admin"}
-    state = SessionState(sid, now, "api", 3600.0, now + 3600, 300.0)
-    async with await open_sqlite_store(data, durability="process") as store:
-        await store.create(meta_of(state, tokens), state.to_snapshot())
-        change = p.Change(session_id=sid, seq=1, op="set", ts=now + 8, channel="api",
-                          writer="w", key="k", value="kept", version=1)
-        state.apply(change)
-        await store.append(meta_of(state, tokens),
-                           [StoredEvent(1, change.ts, p.encode_body(change))])
+    data, sid = tmp_path / "data", "b" * 32
+    now = await _store_a_lagging_idle_deadline(data, sid)
     config = make_config(data, socket_dir, ws=None, durability="process")
     async with run_daemon(config) as daemon:
         clock.jump(now + 304 - daemon.registry.clock.now())
         assert daemon.socket_path is not None
         async with connect_unix(daemon.socket_path) as c:
-            got = await c.call(p.Get, session_id=sid, key="k", token=token)
+            got = await c.call(p.Get, session_id=sid, key="k", token=LAGGING_TOKEN)
             assert isinstance(got, p.Value) and got.value == "kept", got
