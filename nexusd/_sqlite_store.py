@@ -590,7 +590,9 @@ class _Checkpointer:
 
     def committed(self, *, deleted: bool) -> None:
         """Called by the writer after each commit."""
-        self._commits += 1  # read under the lock only; a late count costs nothing
+        # Counted without the lock: a count lost or doubled by a race with the
+        # thread's reset only moves one checkpoint a little.
+        self._commits += 1
         if self._commits >= _CHECKPOINT_EVERY or (deleted and self._shred_at is None):
             with self._cond:
                 if deleted and self._shred_at is None:
