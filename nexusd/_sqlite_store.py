@@ -27,14 +27,10 @@ pages leave the WAL too.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
-import math
 import os
-import queue
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,7 +50,8 @@ from ._crypto import (
     new_data_key,
     remove_master_key,
 )
-from ._store import LoadedSession, SessionMeta, StoredEvent
+from ._sqlite_writer import Checkpointer, TaskWriter, ThreadWriter, Writer
+from ._store import LoadedSession, SessionMeta, StoredEvent, StoreError
 
 __all__ = [
     "DB_FILE",
@@ -74,20 +71,10 @@ DB_FILE: Final = "nexusd.db"
 DURABILITIES: Final = ("memory", "process", "power")
 _APPLICATION_ID: Final = 0x6E657864  # "nexd": marks the file as ours
 _BUSY_TIMEOUT_MS: Final = 10_000
-_MAX_BATCH: Final = 1024  # requests per transaction: bounds a commit's latency
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
-_SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
 # An append refreshes the stored idle deadline only once it lags by this
 # much: the journal's timestamps say the rest (see `SqliteStore.append`).
 _IDLE_LAG: Final = 10.0
-_GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
-_CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
-_CHECKPOINT_INTERVAL: Final = 1.0  # seconds between checkpoints while anything commits
-
-
-class StoreError(Exception):
-    """The store cannot do what was asked: it cannot be opened, does not
-    match its keys, or the disk failed a commit."""
 
 
 @attrs.frozen
@@ -312,440 +299,6 @@ def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Conn
     return conn
 
 
-# -- the writers ------------------------------------------------------------
-
-@attrs.define(eq=False)
-class _Request:
-    kind: str  # "create", "append", ..., "read"; "raw" runs outside the transaction
-    fn: Callable[[sqlite3.Connection], Any]
-    done: trio.Event = attrs.Factory(trio.Event)
-    value: Any = None
-    error: BaseException | None = None
-    finished: bool = False  # value or error is final
-    abandoned: bool = False  # its caller was cancelled before the writer took it
-
-    def result(self) -> Any:
-        if self.error is not None:
-            try:
-                raise self.error
-            finally:
-                self.error = None  # no reference cycle through the traceback
-        return self.value
-
-
-class _Writer:
-    """Runs write requests in group commits: every request queued when the
-    writer comes round goes into one transaction, each in its own savepoint
-    (one request's error undoes only that request), then one commit.
-
-    Two drivers share this: `_TaskWriter` commits in trio's own thread, for
-    durabilities whose commit does not wait for the disk; `_ThreadWriter`
-    commits in a thread of its own, for "power", whose commit fsyncs.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._broken: BaseException | None = None
-        # Called when a request or a commit fails: what the store believes
-        # the database holds may then be wrong.
-        self.on_failure: Callable[[], None] = lambda: None
-        self.commits = self.writes = self.appends = self.events = self.largest_batch = 0
-
-    @property
-    def queued(self) -> int:
-        raise NotImplementedError
-
-    async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs `fn(conn)` in the writer's next transaction and returns its value
-        once that transaction has committed.
-
-        Cancelling the call withdraws the request if the writer has not taken
-        it yet; once taken, it commits (or fails) whether anyone waits or not,
-        like any database call that timed out.
-        """
-        raise NotImplementedError
-
-    async def stop(self) -> None:
-        """Finishes what is queued, then closes the connection."""
-        raise NotImplementedError
-
-    def _serve(self, batch: list[_Request]) -> None:
-        """Commits `batch` and wakes its callers, whatever happens."""
-        try:
-            live = [r for r in batch if not r.abandoned]
-            self._transaction([r for r in live if r.kind != "raw"])
-            for r in live:
-                if r.kind == "raw":
-                    self._run_alone(r)
-        finally:
-            for r in batch:
-                if not r.finished:  # the writer itself failed: never report success
-                    r.value, r.error = None, trio.BrokenResourceError(
-                        "the store's writer failed")
-                    r.finished = True
-            self._wake(batch)
-
-    def _wake_failed(self, batch: list[_Request]) -> None:
-        """Fails `batch` untried: the writer itself has failed."""
-        for r in batch:
-            r.value, r.error = None, trio.BrokenResourceError("the store's writer failed")
-            r.finished = True
-        self._wake(batch)
-
-    def _wake(self, batch: list[_Request]) -> None:
-        raise NotImplementedError
-
-    def _committed(self, requests: list[_Request]) -> None:
-        """Called after each commit with the requests it made durable."""
-
-    def _transaction(self, batch: list[_Request]) -> None:
-        if not batch:
-            return
-        conn = self._conn
-        ok: list[_Request] = []  # requests whose changes the open transaction holds
-        # A request alone needs no savepoint: its error undoes the transaction.
-        alone = len(batch) == 1
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for r in batch:
-                if not alone:
-                    conn.execute("SAVEPOINT request")
-                try:
-                    r.value = r.fn(conn)
-                except Exception as exc:
-                    r.error = exc
-                    self.on_failure()
-                    if alone:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        return
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK TO request")
-                        conn.execute("RELEASE request")
-                    else:  # SQLite rolled everything back (e.g. disk full)
-                        self._fail(ok, exc)
-                        ok = []
-                        conn.execute("BEGIN IMMEDIATE")
-                else:
-                    if not alone:
-                        conn.execute("RELEASE request")
-                    ok.append(r)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.on_failure()
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            self._fail([r for r in batch if r.error is None], exc)
-            return
-        finally:
-            for r in batch:
-                r.finished = True
-        self.commits += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        for r in ok:
-            if r.kind != "read":
-                self.writes += 1
-            if r.kind == "append":
-                self.appends += 1
-                self.events += r.value
-                r.value = None
-        self._committed(ok)
-
-    def _run_alone(self, r: _Request) -> None:
-        try:
-            r.value = r.fn(self._conn)
-        except Exception as exc:
-            r.error = exc
-        r.finished = True
-
-    @staticmethod
-    def _fail(requests: list[_Request], exc: BaseException) -> None:
-        for r in requests:
-            r.value = None
-            r.error = StoreError(f"the store could not commit: {exc}")
-
-
-class _TaskWriter(_Writer):
-    """Commits in trio's thread, with no hand-off to wait for.
-
-    The first caller to find the writer idle leads: while writes come thick
-    (the last commit held several, or ended under `_GROUPING_WINDOW` ago) it
-    yields once, so that every other task about to run (other session
-    actors) can queue its request too, then commits all of them, wakes their
-    callers and hands the lead to the first caller that queued meanwhile; a
-    write that comes alone commits at once. At
-    durability "process" a commit is a write into the WAL file, with no
-    fsync, and the WAL is checkpointed by a `_Checkpointer` in another thread,
-    so that no commit waits on the database file.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, checkpointer: _Checkpointer | None) -> None:
-        super().__init__(conn)
-        self._checkpointer = checkpointer
-        self._queue: list[_Request] = []
-        self._leading = False
-        self._stopping = False
-        self._busy = False  # the last commit held more than one request
-        self._last_commit = -math.inf
-        self._idle = trio.Event()
-        self._idle.set()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._broken is not None:
-            raise trio.BrokenResourceError("the store's writer failed") from self._broken
-        if self._stopping:
-            raise trio.ClosedResourceError("the store is closed")
-        req = _Request(kind, fn)
-        self._queue.append(req)
-        if not self._leading:
-            self._leading = True
-            self._idle = trio.Event()
-            await self._lead(req)
-        else:
-            try:
-                await req.done.wait()
-            finally:
-                if not req.done.is_set():
-                    req.abandoned = True
-            if not req.finished:  # handed the lead
-                await self._lead(req)
-        return req.result()  # type: ignore[no-any-return]
-
-    async def _lead(self, mine: _Request) -> None:
-        """Commits what is queued (`mine` first), then hands the lead to the
-        next caller still waiting, if any: a leader serves one batch, so
-        that its own caller is never held up by a stream of others."""
-        try:
-            if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
-                # Writes are coming thick: let the tasks about to run add
-                # theirs to this commit. Shielded: a leader's request, once
-                # queued, commits.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            batch = self._queue[:_MAX_BATCH]
-            del self._queue[:_MAX_BATCH]
-            assert batch[0] is mine
-            self._busy = len(batch) > 1
-            self._serve(batch)
-            self._last_commit = trio.current_time()
-        except BaseException as exc:  # a bug: fail every caller, now and later
-            self._broken = exc
-            batch, self._queue = self._queue, []
-            self._wake_failed(batch)
-            self._leading = False
-            self._idle.set()
-            raise
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Passes the lead to the first caller still waiting, or ends it."""
-        while self._queue and self._queue[0].abandoned:
-            self._queue.pop(0).finished = True  # its caller is gone
-        if self._queue:
-            self._queue[0].done.set()  # leads, once it runs
-        else:
-            self._leading = False
-            self._idle.set()
-
-    def _wake(self, batch: list[_Request]) -> None:
-        for r in batch:
-            r.done.set()
-
-    def _committed(self, requests: list[_Request]) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.committed(deleted=any(r.kind == "delete" for r in requests))
-
-    async def stop(self) -> None:
-        self._stopping = True
-        with trio.CancelScope(shield=True):
-            await self._idle.wait()
-            if self._checkpointer is not None:
-                await trio.to_thread.run_sync(self._checkpointer.stop)
-            # Closing the last connection checkpoints the WAL into the database.
-            await trio.to_thread.run_sync(self._conn.close)
-
-
-class _Checkpointer:
-    """Copies the WAL into the database file from a connection and thread of
-    its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
-    every `_CHECKPOINT_EVERY` commits, and every second while there are any.
-
-    After a delete it also truncates the WAL, `_SHRED_DELAY` later, so that
-    a deleted session's pages leave it (crypto-shredding).
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._cond = threading.Condition()
-        self._commits = 0
-        self._shred_at: float | None = None
-        self._stopped = False
-        self.checkpoints = 0
-        self._thread = threading.Thread(target=self._main, name="nexusd-store-checkpointer",
-                                        daemon=True)
-        self._thread.start()
-
-    def committed(self, *, deleted: bool) -> None:
-        """Called by the writer after each commit."""
-        # Counted without the lock: a count lost or doubled by a race with the
-        # thread's reset only moves one checkpoint a little.
-        self._commits += 1
-        if self._commits >= _CHECKPOINT_EVERY or (deleted and self._shred_at is None):
-            with self._cond:
-                if deleted and self._shred_at is None:
-                    self._shred_at = time.monotonic() + _SHRED_DELAY
-                self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    timeout = _CHECKPOINT_INTERVAL
-                    if self._shred_at is not None:
-                        timeout = min(timeout, max(0.0, self._shred_at - time.monotonic()))
-                    if not self._stopped and self._commits < _CHECKPOINT_EVERY:
-                        self._cond.wait(timeout)
-                    if self._stopped:
-                        return
-                    commits, self._commits = self._commits, 0
-                    shred = self._shred_at is not None and time.monotonic() >= self._shred_at
-                if commits or shred:
-                    self._checkpoint("PASSIVE")
-                if shred:
-                    busy = self._checkpoint("TRUNCATE")
-                    with self._cond:
-                        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
-        finally:
-            self._conn.close()
-
-    def _checkpoint(self, mode: str) -> bool:
-        """Runs one checkpoint; True if it could not finish (a reader was in the way)."""
-        try:
-            busy: int = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-        except sqlite3.Error:
-            return True
-        self.checkpoints += 1
-        return bool(busy)
-
-
-_STOP: Final = object()
-
-
-class _ThreadWriter(_Writer):
-    """Commits in a thread of its own: at durability "power" every commit
-    fsyncs, and trio's thread must not wait for the disk. Takes everything
-    queued, commits, then wakes the callers in one trip to trio."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        super().__init__(conn)
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._token = trio.lowlevel.current_trio_token()
-        self._stopped = trio.Event()
-        self._shred_at: float | None = None
-        self._thread = threading.Thread(target=self._main, name="nexusd-store-writer",
-                                        daemon=True)
-        # A daemon thread: a store someone forgot to close must not hang the
-        # interpreter's exit, and nothing is lost — every acknowledged write
-        # has been committed already.
-        self._thread.start()
-
-    @property
-    def queued(self) -> int:
-        return self._queue.qsize()
-
-    async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._broken is not None:
-            raise trio.BrokenResourceError("the store's writer failed") from self._broken
-        req = _Request(kind, fn)
-        self._queue.put(req)
-        try:
-            await req.done.wait()
-        finally:
-            if not req.done.is_set():
-                req.abandoned = True
-        return req.result()  # type: ignore[no-any-return]
-
-    async def stop(self) -> None:
-        self._queue.put(_STOP)
-        await self._stopped.wait()
-
-    # ---- in the writer thread ----
-
-    def _main(self) -> None:
-        try:
-            while self._take():
-                pass
-        except BaseException as exc:  # a bug or a broken disk: fail every caller
-            self._broken = exc
-            while (item := self._queue.get()) is not _STOP:
-                self._wake_failed([item])
-        finally:
-            try:
-                self._conn.close()
-            finally:
-                self._call_trio(self._stopped.set)
-
-    def _take(self) -> bool:
-        """Serves one batch; False once told to stop."""
-        timeout = None
-        if self._shred_at is not None:
-            timeout = max(0.0, self._shred_at - time.monotonic())
-        try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            self._checkpoint_for_shredding()
-            return True
-        batch, stop = [], first is _STOP
-        if not stop:
-            batch.append(first)
-        while not stop and len(batch) < _MAX_BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                stop = True
-            else:
-                batch.append(item)
-        self._serve(batch)
-        if self._shred_at is not None and time.monotonic() >= self._shred_at:
-            self._checkpoint_for_shredding()
-        return not stop
-
-    def _committed(self, requests: list[_Request]) -> None:
-        if self._shred_at is None and any(r.kind == "delete" for r in requests):
-            self._shred_at = time.monotonic() + _SHRED_DELAY
-
-    def _checkpoint_for_shredding(self) -> None:
-        # Deleted sessions' pages (their wrapped keys) linger in the WAL until
-        # it is checkpointed and truncated. Readers are short, so this rarely
-        # waits; if one blocks it, try again shortly.
-        try:
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error:
-            busy = 1
-        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
-
-    def _wake(self, batch: list[_Request]) -> None:
-        def wake() -> None:
-            for r in batch:
-                r.done.set()
-        self._call_trio(wake)
-
-    def _call_trio(self, fn: Callable[[], None]) -> None:
-        with contextlib.suppress(trio.RunFinishedError):  # nobody is left to wake
-            self._token.run_sync_soon(fn)
-
-
 # -- the store --------------------------------------------------------------
 
 class SqliteStore:
@@ -759,7 +312,7 @@ class SqliteStore:
     the writer, which then never waits on a disk.)
     """
 
-    def __init__(self, writer: _Writer, readers: list[sqlite3.Connection], *,
+    def __init__(self, writer: Writer, readers: list[sqlite3.Connection], *,
                  keyring: KeyRing, retention_events: int, retention_seconds: float,
                  clock: Callable[[], float]) -> None:
         self.keyring = keyring
@@ -1132,7 +685,7 @@ async def open_sqlite_store(
         raise ValueError(f"durability {durability!r} needs a data directory")
 
     def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing,
-                           _Checkpointer | None]:
+                           Checkpointer | None]:
         if durability == "memory":
             ring = keyring or KeyRing.generate()
             target = ":memory:"
@@ -1159,7 +712,7 @@ async def open_sqlite_store(
             checkpointer = None
             if durability == "process":
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-                checkpointer = _Checkpointer(_connect(target, durability))
+                checkpointer = Checkpointer(_connect(target, durability))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None
@@ -1169,8 +722,8 @@ async def open_sqlite_store(
         return conn, pool, ring, checkpointer
 
     conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
-    writer: _Writer = (_ThreadWriter(conn) if durability == "power"
-                       else _TaskWriter(conn, checkpointer))
+    writer: Writer = (ThreadWriter(conn) if durability == "power"
+                       else TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
                        retention_seconds=retention_seconds, clock=clock)
 

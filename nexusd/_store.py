@@ -23,8 +23,14 @@ __all__ = [
     "MemoryStore",
     "SessionMeta",
     "Store",
+    "StoreError",
     "StoredEvent",
 ]
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked: it cannot be opened, does not
+    match its keys, or the disk failed a commit."""
 
 
 @attrs.frozen

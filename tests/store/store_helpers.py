@@ -11,7 +11,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from nexusd._sqlite_store import DB_FILE, SqliteStore, _TaskWriter
+from nexusd._sqlite_store import DB_FILE, SqliteStore
+from nexusd._sqlite_writer import TaskWriter
 from nexusd._store import SessionMeta, StoredEvent
 
 RETENTION = 5
@@ -63,7 +64,7 @@ async def writer_paused(store: SqliteStore) -> AsyncIterator[None]:
     """Holds the store's writer busy until the block exits, so that requests
     made inside the block queue up and go into one transaction."""
     writer = store._writer
-    if isinstance(writer, _TaskWriter):
+    if isinstance(writer, TaskWriter):
         # It commits in trio's thread, led by a caller: hold the lead meanwhile,
         # then hand it over as a leader does.
         writer._leading = True

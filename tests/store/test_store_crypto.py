@@ -13,7 +13,7 @@ import pytest
 import trio
 from store_helpers import events, files_bytes, make_meta, raw_db
 
-from nexusd import _sqlite_store
+from nexusd import _sqlite_store, _sqlite_writer
 from nexusd._crypto import (
     ENV_VAR,
     KEY_FILE,
@@ -281,7 +281,7 @@ async def test_delete_shreds_the_data_key(sqlite_store: SqliteStore, tmp_path: P
 
 async def test_the_writer_checkpoints_soon_after_a_delete(
         sqlite_store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_sqlite_store, "_SHRED_DELAY", 0.05)
+    monkeypatch.setattr(_sqlite_writer, "_SHRED_DELAY", 0.05)
     await sqlite_store.create(make_meta("gone"), b"s0")
     wrapped = (await _secrets_of(tmp_path, "gone"))[0]
     wal = tmp_path / f"{_sqlite_store.DB_FILE}-wal"
