@@ -288,6 +288,16 @@ class TaskWriter(Writer):
             await trio.to_thread.run_sync(self._conn.close)
 
 
+def wal_checkpoint(conn: sqlite3.Connection, mode: str) -> bool:
+    """Runs `PRAGMA wal_checkpoint(mode)`; True if it could not finish (a
+    reader or the writer was in the way, or it failed): try again later."""
+    try:
+        busy: int = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+    except sqlite3.Error:
+        return True
+    return bool(busy)
+
+
 class Checkpointer:
     """Copies the WAL into the database file from a connection and thread of
     its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
@@ -348,13 +358,10 @@ class Checkpointer:
             self._conn.close()
 
     def _checkpoint(self, mode: str) -> bool:
-        """Runs one checkpoint; True if it could not finish (a reader was in the way)."""
-        try:
-            busy: int = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-        except sqlite3.Error:
-            return True
+        """Runs one checkpoint; True if it could not finish."""
+        unfinished = wal_checkpoint(self._conn, mode)
         self.checkpoints += 1
-        return bool(busy)
+        return unfinished
 
 
 _STOP: Final = object()
@@ -449,11 +456,8 @@ class ThreadWriter(Writer):
         # Deleted sessions' pages (their wrapped keys) linger in the WAL until
         # it is checkpointed and truncated. Readers are short, so this rarely
         # waits; if one blocks it, try again shortly.
-        try:
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        except sqlite3.Error:
-            busy = 1
-        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
+        unfinished = wal_checkpoint(self._conn, "TRUNCATE")
+        self._shred_at = time.monotonic() + _SHRED_DELAY if unfinished else None
 
     def _wake(self, batch: list[_Request]) -> None:
         def wake() -> None:
