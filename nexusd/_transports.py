@@ -116,7 +116,7 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
         except OSError:
             path.unlink()  # stale: nobody is listening
         else:
-            raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+            raise OSError(errno.EADDRINUSE, _in_use(str(path)))
         finally:
             probe.close()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -189,11 +189,18 @@ async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
         OSError: the address cannot be bound.
     """
     listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
-    if ssl_context is None:
-        listeners += await trio.open_tcp_listeners(port, host=host)
-    else:
-        listeners += await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host,
-                                                            https_compatible=True)
+    try:
+        if ssl_context is None:
+            listeners += await trio.open_tcp_listeners(port, host=host)
+        else:
+            listeners += await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host,
+                                                                https_compatible=True)
+    except OSError as exc:
+        address = f"{_bracket(host)}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, _in_use(address)) from None
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
+                      ) from None
 
     async def connection(stream: trio.abc.Stream) -> None:
         peer = _ws_peer(stream)
@@ -236,6 +243,10 @@ def _ws_peer(stream: trio.abc.Stream) -> str:
     except OSError:
         return "ws:?"
     return f"ws:{_bracket(host)}:{port}"
+
+
+def _in_use(address: str) -> str:
+    return f"address {address} is in use (another nexusd?)"
 
 
 def _bracket(host: str) -> str:
