@@ -71,7 +71,8 @@ class AsyncClient(_ClientCore):
 
     Args:
         target: a Unix socket path, a ``ws://`` or ``wss://`` URL, or None for
-            the daemon's default socket.
+            the daemon ``nexus`` would use: $NEXUS_SOCKET, else $NEXUS_URL,
+            else its default socket (`default_target`).
         channel: the channel label this client declares (api, cli, mcp, ...);
             sessions record it in their history and analytics.
         client_name: how the client introduces itself (shown in presence).

@@ -313,19 +313,8 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
     if socket:
         return Target(path=socket)
     if url:
-        return _url_target(url)
-    if environ.get("NEXUS_SOCKET"):
-        return Target(path=environ["NEXUS_SOCKET"])
-    if environ.get("NEXUS_URL"):
-        return _url_target(environ["NEXUS_URL"])
+        return Target.parse_url(url)
     return default_target(environ)
-
-
-def _url_target(url: str) -> Target:
-    target = Target.parse(url)
-    if target.url is None:
-        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
-    return target
 
 
 # ------------------------------------------------------------------------ errors
