@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sessions_args(p)
 
     p = command(commands, "get", _commands.cmd_get,
-                "print a value as JSON (all values as a JSON object without KEY)")
+                "print a value as JSON (all values as a JSON object without KEY); "
+                "a key never written exits 3")
     p.add_argument("session_id", metavar="ID")
     p.add_argument("key", metavar="KEY", nargs="?")
     p.add_argument("--raw", action="store_true", help="print a string value without quotes")
