@@ -31,9 +31,10 @@ _FLAG_NAMES = {"socket": "--socket", "ws": "--ws", "data": "--data"}
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexusd",
-        description="nexusd: real-time session sync daemon. One session, many channels "
-                    "(WebSocket, Unix socket, CLI, HTTP, MCP); every change journaled, "
-                    "then seen by every channel in order.",
+        description="nexusd: real-time session sync daemon. Clients reach it over a Unix "
+                    "socket and WebSocket, each on a channel it names (api, cli, web, mcp "
+                    "or any label) that the session records; every change is journaled, "
+                    "then seen by every client attached to the session, in order.",
     )
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
