@@ -194,7 +194,9 @@ class AsyncClient(_ClientCore):
                              from_channel: str | None = None, reason: str | None = None,
                              context: dict[str, Any] | None = None,
                              token: str | None = None) -> Transition:
-        """Begins a channel transition; finish it with `complete_switch`."""
+        """Begins a channel transition; finish it with `complete_switch`.
+        `from_channel`, if given, must be the session's current channel
+        (`Conflict` otherwise)."""
         tok = self._token(session_id, token)
         reply = await self._request(
             lambda rid: SwitchBegin(id=rid, session_id=session_id, to_channel=to_channel,

@@ -257,7 +257,8 @@ class Nexus:
                                 to_channel: str,
                                 context: Mapping[str, Any] | None = None) -> str:
         """Begins a transition; returns its transition id. ``context["reason"]``
-        becomes the recorded reason."""
+        becomes the recorded reason. `from_channel`, if not None, must be the
+        session's current channel (`Conflict` otherwise)."""
         self._need_token(session_id)
         ctx = dict(context or {})
         reason = ctx.get("reason")

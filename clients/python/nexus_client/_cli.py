@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "switch", _commands.cmd_switch, "move the session to another channel")
     p.add_argument("session_id", metavar="ID")
     p.add_argument("--to", required=True, metavar="CHANNEL", dest="to_channel")
-    p.add_argument("--from", metavar="CHANNEL", dest="from_channel")
+    p.add_argument("--from", metavar="CHANNEL", dest="from_channel",
+                   help="the session's current channel, checked (another one exits 6)")
     p.add_argument("--reason", metavar="TEXT")
     p.add_argument("--begin-only", action="store_true",
                    help="begin the transition without completing it")
