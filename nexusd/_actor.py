@@ -513,11 +513,18 @@ class SessionActor:
             return Written(id=req.id, seq=seq)
         if isinstance(req, SwitchBegin):
             self._authorize(env, "write")
+            current = state.context.get("current_channel")
+            if req.from_channel is not None and req.from_channel != current:
+                # A switch begins where the session is; a client that thinks
+                # otherwise has missed a change.
+                raise RequestError(
+                    ErrorCode.CONFLICT, f"the session's current channel is {current!r}, "
+                                        f"not {req.from_channel!r}: cannot switch from it")
             self._check_stored("context", req.context, room=1)
             transition_id = new_token()[4:20]
             transition = {
                 "transition_id": transition_id,
-                "from_channel": req.from_channel or state.context.get("current_channel"),
+                "from_channel": current,
                 "to_channel": req.to_channel,
                 "reason": req.reason or "user_requested",
                 "context": req.context or {},

@@ -15,6 +15,7 @@ import os
 import secrets
 import ssl
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ._reaper import Reaper
 from ._registry import Registry, SessionPolicy
 from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
 from ._store import MemoryStore, Store
-from ._transports import StreamTransport, open_unix_listener, serve_ws
+from ._transports import open_unix_listener, serve_unix, serve_ws
 
 __all__ = ["Daemon", "open_store"]
 
@@ -202,23 +203,17 @@ class Daemon:
                 if not self.connections:
                     self._no_connections.set()
 
-        async def handle_stream(stream: trio.SocketStream) -> None:
-            await handle(StreamTransport(stream))
-
-        async def serve_unix(listener: trio.SocketListener,
-                             task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-            await trio.serve_listeners(handle_stream, [listener],
-                                       handler_nursery=connections, task_status=task_status)
-
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, max_frame=config.max_frame, ssl_context=tls,
+            await serve_ws(handle, host, port, max_frame=config.max_frame,
+                           handshake_timeout=config.handshake_timeout, ssl_context=tls,
                            handler_nursery=connections, task_status=task_status)
 
         if config.socket is not None:
             listener = await open_unix_listener(config.socket)
             self.socket_path = config.socket
-            await listeners.start(serve_unix, listener)
+            await listeners.start(partial(serve_unix, handle, listener,
+                                          handler_nursery=connections))
             log.info("listening on unix:%s", config.socket)
         if config.ws is not None:
             host, port = ws_address(config.ws)

@@ -1,7 +1,9 @@
 """Transport adapters: a Unix socket and a WebSocket listener.
 
 Each turns its medium into the `Transport` the connection handler reads and
-writes; neither knows anything of the protocol beyond its framing.
+writes; neither knows anything of the protocol beyond its framing. Each
+connection fails alone: whatever one raises is logged once and ends that
+connection, never the nursery that serves the others.
 """
 
 from __future__ import annotations
@@ -13,18 +15,45 @@ import socket
 import ssl
 import stat
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 from nexus_protocol import Framing
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-__all__ = ["StreamTransport", "WebSocketTransport", "open_unix_listener", "serve_ws"]
+__all__ = ["StreamTransport", "WebSocketTransport", "open_unix_listener", "serve_unix",
+           "serve_ws"]
 
 log = logging.getLogger("nexusd.transport")
 
 _PEERCRED = struct.Struct("3i")
 RECEIVE_SIZE = 256 * 1024
+#: How long a WebSocket closing handshake may take before the connection is
+#: dropped.
+CLOSE_TIMEOUT = 1.0
+
+#: A transport's handler: serves one connection, returns when it is over.
+Handler = Callable[[Any], Awaitable[None]]
+
+#: What a client that goes away, or speaks no WebSocket, makes a connection
+#: raise: its own doing, not the daemon's.
+_CLIENT_FAULTS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+                  ConnectionClosed, WebSocketProtocolError)
+
+
+async def _alone(peer: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Runs one connection; whatever it raises (cancellation aside) is logged
+    once and goes no further, so one connection cannot end the daemon."""
+    try:
+        await run()
+    except* _CLIENT_FAULTS as group:
+        log.info("%s: the client went away: %s", peer,
+                 "; ".join(f"{type(e).__name__}: {e}" for e in group.exceptions))
+    except* Exception as group:
+        log.error("%s: connection failed", peer, exc_info=group)
 
 
 class StreamTransport:
@@ -87,7 +116,7 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
         except OSError:
             path.unlink()  # stale: nobody is listening
         else:
-            raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+            raise OSError(errno.EADDRINUSE, _in_use(str(path)))
         finally:
             probe.close()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,15 +130,30 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+async def serve_unix(handler: Handler, listener: trio.SocketListener, *,
+                     handler_nursery: trio.Nursery,
+                     task_status: trio.TaskStatus[list[trio.SocketListener]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+    """Serves `listener`'s connections in `handler_nursery`, handing each
+    `StreamTransport` to `handler`."""
+
+    async def connection(stream: trio.SocketStream) -> None:
+        async def run() -> None:
+            await handler(StreamTransport(stream))
+        await _alone("unix", run)
+
+    await trio.serve_listeners(connection, [listener], handler_nursery=handler_nursery,
+                               task_status=task_status)
+
+
 class WebSocketTransport:
     kind = "websocket"
     framing = Framing.MESSAGE
     admin = False
 
-    def __init__(self, ws: WebSocketConnection) -> None:
+    def __init__(self, ws: WebSocketConnection, peer: str) -> None:
         self.ws = ws
-        remote = ws.remote
-        self.peer = f"ws:{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+        self.peer = peer
 
     async def receive(self) -> bytes:
         try:
@@ -133,20 +177,77 @@ class WebSocketTransport:
         await self.ws.aclose()
 
 
-async def serve_ws(handler: object, host: str, port: int, *, max_frame: int,
-                   ssl_context: ssl.SSLContext | None, handler_nursery: trio.Nursery,
+async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
+                   handshake_timeout: float, ssl_context: ssl.SSLContext | None,
+                   handler_nursery: trio.Nursery,
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serves WebSocket connections, handing each `WebSocketTransport` to
-    `handler`; reports the bound port through `task_status`."""
+    """Serves WebSocket connections in `handler_nursery`, handing each
+    `WebSocketTransport` to `handler`; reports the bound port through
+    `task_status`. A client has `handshake_timeout` to complete the upgrade.
 
-    async def accept(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        await handler(WebSocketTransport(ws))  # type: ignore[operator]
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    listeners: list[trio.abc.Listener[trio.abc.Stream]] = []
+    try:
+        if ssl_context is None:
+            listeners += await trio.open_tcp_listeners(port, host=host)
+        else:
+            listeners += await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host,
+                                                                https_compatible=True)
+    except OSError as exc:
+        address = f"{_bracket(host)}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, _in_use(address)) from None
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
+                      ) from None
 
-    class _Started:
-        def started(self, server: object) -> None:
-            task_status.started(server.port)  # type: ignore[attr-defined]
+    async def connection(stream: trio.abc.Stream) -> None:
+        peer = _ws_peer(stream)
 
-    await serve_websocket(accept, host, port, ssl_context=ssl_context,
-                          max_message_size=max_frame + 1, handler_nursery=handler_nursery,
-                          task_status=_Started())  # type: ignore[arg-type]
+        async def run() -> None:
+            # The nursery holds the WebSocket's reader task.
+            async with trio.open_nursery() as nursery:
+                ws = None
+                try:
+                    with trio.move_on_after(handshake_timeout):
+                        request = await wrap_server_stream(nursery, stream,
+                                                           max_message_size=max_frame + 1)
+                        ws = await request.accept()
+                    if ws is not None:
+                        await handler(WebSocketTransport(ws, peer))
+                finally:
+                    # (trio closes the stream itself when this returns.)
+                    if ws is not None:
+                        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                            await ws.aclose()
+                    nursery.cancel_scope.cancel()
+
+        await _alone(peer, run)
+
+    task_status.started(_tcp_socket(listeners[0]).getsockname()[1])
+    await trio.serve_listeners(connection, listeners, handler_nursery=handler_nursery)
+
+
+def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
+    """The TCP socket under a stream or a listener, with or without TLS on it."""
+    tcp = getattr(stream_or_listener, "transport_stream",
+                  getattr(stream_or_listener, "transport_listener", stream_or_listener))
+    return tcp.socket  # type: ignore[no-any-return]
+
+
+def _ws_peer(stream: trio.abc.Stream) -> str:
+    """The client's address, read from a socket the client may have reset."""
+    try:
+        host, port = _tcp_socket(stream).getpeername()[:2]
+    except OSError:
+        return "ws:?"
+    return f"ws:{_bracket(host)}:{port}"
+
+
+def _in_use(address: str) -> str:
+    return f"address {address} is in use (another nexusd?)"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
