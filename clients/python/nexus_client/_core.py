@@ -55,7 +55,7 @@ from nexus_protocol import (
     Side,
     Welcome,
 )
-from nexus_protocol import State as ConnState
+from nexus_protocol import ConnectionState as ConnState
 
 from ._backoff import Backoff
 from ._errors import (
