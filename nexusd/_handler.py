@@ -32,6 +32,7 @@ from nexus_protocol import (
     RemoteProtocolError,
     Report,
     Run,
+    SessionRequest,
     Sessions,
     Shutdown,
     Side,
@@ -226,12 +227,11 @@ class ConnectionHandler:
             if self.draining:
                 raise RequestError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",
                                    retry_after=1.0)
-            session_id = getattr(req, "session_id", None)
             if isinstance(req, Run):
                 raise RequestError(ErrorCode.UNAVAILABLE,
                                    "workflow execution is not available in this daemon")
-            if session_id is not None:
-                await self.daemon.registry.submit(session_id, Envelope(req, caller),
+            if isinstance(req, SessionRequest):
+                await self.daemon.registry.submit(req.session_id, Envelope(req, caller),
                                                   self.config.busy_timeout)
                 return
             self.outbox.reply(await self._serve_daemon(caller, req))
