@@ -25,12 +25,29 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredEvent",
+    "check_snapshot_seq",
 ]
 
 
 class StoreError(Exception):
     """The store cannot do what was asked: it cannot be opened, does not
     match its keys, or the disk failed a commit."""
+
+
+def check_snapshot_seq(session_id: str, seq: int, stored: int) -> None:
+    """Refuses a snapshot at `seq` over one stored at the later seq `stored`.
+
+    An older snapshot would lose changes: the events between the two may
+    have left the journal, so they could not replay onto it. (A snapshot at
+    or after the stored one is consistent: events after it stay and replay.)
+
+    Raises:
+        StoreError: `seq` is below `stored`.
+    """
+    if seq < stored:
+        raise StoreError(f"session {session_id}: refusing a snapshot at seq {seq}, older "
+                         f"than the stored one at seq {stored} (written by another daemon "
+                         "on the same data?)")
 
 
 @attrs.frozen
@@ -109,7 +126,12 @@ class Store(Protocol):
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         """Stores the state as of `seq`; events up to `seq` become history,
-        kept as far as the retention window allows."""
+        kept as far as the retention window allows.
+
+        Raises:
+            KeyError: the session is not in the store.
+            StoreError: the store holds a later snapshot; nothing is changed.
+        """
 
     async def delete(self, session_id: str) -> None:
         """Removes the session and makes its data unrecoverable."""
@@ -182,6 +204,7 @@ class MemoryStore:
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         r = self._records[meta.session_id]
+        check_snapshot_seq(meta.session_id, seq, r.snapshot_seq)
         done = [e for e in r.events if e.seq <= seq]
         r.events = [e for e in r.events if e.seq > seq]
         r.history = (r.history + done)[-self.retention:]

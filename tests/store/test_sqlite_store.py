@@ -95,6 +95,26 @@ async def test_bad_durability_arguments(tmp_path: Path) -> None:
         await open_sqlite_store(None, durability="process")
 
 
+async def test_one_store_at_a_time_on_a_data_directory(tmp_path: Path,
+                                                        keyring: KeyRing) -> None:
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    await store.create(make_meta("s"), b"s0")
+    try:
+        for durability in ("process", "power"):
+            with pytest.raises(StoreError, match=f"^the data directory {tmp_path} is in use "
+                                                 f"by nexusd pid {os.getpid()}$"):
+                await open_sqlite_store(tmp_path, durability=durability, keyring=keyring)
+        assert await store.count() == 1  # the refused opens changed nothing
+        # A store in memory has no directory to share.
+        await (await open_sqlite_store(None, durability="memory")).aclose()
+    finally:
+        await store.aclose()
+    # Closed, the lock is free: the next store opens.
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    assert await store.count() == 1
+    await store.aclose()
+
+
 async def test_data_dir_is_created_private(tmp_path: Path) -> None:
     data_dir = tmp_path / "deep" / "data"
     store = await open_sqlite_store(data_dir)
