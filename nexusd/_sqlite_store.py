@@ -58,7 +58,14 @@ from ._crypto import (
     remove_master_key,
 )
 from ._sqlite_writer import Checkpointer, TaskWriter, ThreadWriter, Writer
-from ._store import LoadedSession, SessionMeta, StoredEvent, StoreError, check_snapshot_seq
+from ._store import (
+    IDLE_LAG,
+    LoadedSession,
+    SessionMeta,
+    StoredEvent,
+    StoreError,
+    check_snapshot_seq,
+)
 
 __all__ = [
     "DB_FILE",
@@ -81,9 +88,6 @@ DURABILITIES: Final = ("memory", "process", "power")
 _APPLICATION_ID: Final = 0x6E657864  # "nexd": marks the file as ours
 _BUSY_TIMEOUT_MS: Final = 10_000
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
-# An append refreshes the stored idle deadline only once it lags by this
-# much: the journal's timestamps say the rest (see `SqliteStore.append`).
-_IDLE_LAG: Final = 10.0
 
 
 @attrs.frozen
@@ -161,8 +165,15 @@ def _schema_2(conn: sqlite3.Connection) -> None:
         END""")
 
 
+def _schema_3(conn: sqlite3.Connection) -> None:
+    # How far the stored idle deadline may lag the session's activity (see
+    # `SessionMeta.idle_lag`); rows written before it say 0, as they did.
+    conn.execute("ALTER TABLE sessions ADD COLUMN idle_lag REAL NOT NULL DEFAULT 0")
+
+
 #: Migration i brings a database from user_version i to i + 1. Append only.
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_schema_1, _schema_2)
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (
+    _schema_1, _schema_2, _schema_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -195,12 +206,12 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
 # -- rows -------------------------------------------------------------------
 
 _META_COLUMNS: Final = ("token_hashes, created_at, ttl, expires_at, idle_timeout, "
-                        "idle_expires_at, deadline")
+                        "idle_expires_at, deadline, idle_lag")
 _SET_META: Final = ", ".join(f"{c} = ?" for c in _META_COLUMNS.split(", "))
 _UPDATE_META: Final = f"UPDATE sessions SET {_SET_META} WHERE id = ?"
 _INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
 _INSERT_SESSION: Final = (f"INSERT INTO sessions (id, {_META_COLUMNS}, key_id, wrapped_key, "
-                          "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
+                          "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
 # The reaper's queries. Both are answered from the deadline index alone.
 DUE_SQL: Final = (f"SELECT id, {_META_COLUMNS} FROM sessions WHERE deadline <= ? "
                   "ORDER BY deadline, id LIMIT ?")
@@ -209,19 +220,20 @@ NEXT_DEADLINE_SQL: Final = "SELECT min(deadline) FROM sessions"
 
 def _meta_params(meta: SessionMeta) -> tuple[Any, ...]:
     return (msgpack.packb(meta.tokens), meta.created_at, meta.ttl, meta.expires_at,
-            meta.idle_timeout, meta.idle_expires_at, meta.deadline)
+            meta.idle_timeout, meta.idle_expires_at, meta.deadline, meta.idle_lag)
 
 
 def _fixed_meta(meta: SessionMeta) -> tuple[Any, ...]:
     """A session's metadata but for its idle deadline, for comparing."""
-    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout)
+    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout,
+            meta.idle_lag)
 
 
 def _meta_from_row(row: Sequence[Any]) -> SessionMeta:
     sid, tokens, created_at, ttl, expires_at, idle_timeout, idle_expires_at = row[:7]
     return SessionMeta(session_id=sid, created_at=created_at, ttl=ttl, expires_at=expires_at,
                        idle_timeout=idle_timeout, idle_expires_at=idle_expires_at,
-                       tokens=msgpack.unpackb(tokens))
+                       tokens=msgpack.unpackb(tokens), idle_lag=row[8])
 
 
 def new_session_row(keyring: KeyRing, meta: SessionMeta,
@@ -455,7 +467,7 @@ class SqliteStore:
     async def append(self, meta: SessionMeta, events: Sequence[StoredEvent]) -> None:
         """Journals `events` and updates the metadata row; returns once committed.
 
-        When only the idle deadline has moved, and by less than `_IDLE_LAG`
+        When only the idle deadline has moved, and by less than `IDLE_LAG`
         seconds since it was stored, the row is left as it is: the events'
         timestamps carry that activity, and the stored deadline is one the
         reaper checks against the journal before acting on it. An append
@@ -494,7 +506,7 @@ class SqliteStore:
         idle, stored_idle = meta.idle_expires_at, stored[1]
         if idle == stored_idle:
             return False
-        return idle is None or stored_idle is None or not 0 < idle - stored_idle < _IDLE_LAG
+        return idle is None or stored_idle is None or not 0 < idle - stored_idle < IDLE_LAG
 
     def _update_meta(self, conn: sqlite3.Connection, meta: SessionMeta) -> None:
         cur = conn.execute(_UPDATE_META, (*_meta_params(meta), meta.session_id))
@@ -628,7 +640,7 @@ class SqliteStore:
             return None
         self._sessions_read += 1
         meta = _meta_from_row(row)
-        key_id, wrapped, sealed, snapshot_seq = row[8:]
+        key_id, wrapped, sealed, snapshot_seq = row[9:]
         cipher = self.keyring.cipher(session_id, key_id, wrapped)
         snapshot = cipher.open("snapshot", snapshot_seq, sealed)
         history: list[StoredEvent] = []

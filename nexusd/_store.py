@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
 __all__ = [
+    "IDLE_LAG",
     "LoadedSession",
     "MemoryStore",
     "SessionMeta",
@@ -27,6 +28,15 @@ __all__ = [
     "StoredEvent",
     "check_snapshot_seq",
 ]
+
+
+#: The most by which an active session's stored idle deadline may lag its
+#: activity, in seconds. The actor stores the metadata of a session in use
+#: only once its activity has moved that far past what the store knows
+#: (a write's event carries its time anyway), so that reads cost no commit;
+#: the stored `SessionMeta.idle_lag` says so, and a session recovered after a
+#: crash is given that much more idle time rather than expired early.
+IDLE_LAG: Final = 10.0
 
 
 class StoreError(Exception):
@@ -65,20 +75,25 @@ class SessionMeta:
     idle_timeout: float | None
     idle_expires_at: float | None
     tokens: dict[str, str] = attrs.field(factory=dict, eq=False)
+    #: How much later than `idle_expires_at` the session may really be idle:
+    #: IDLE_LAG while an actor has it (its activity is stored lazily), 0 for
+    #: the exact deadline it stores as it hibernates.
+    idle_lag: float = 0.0
 
     @property
     def deadline(self) -> float:
-        """The earlier of the absolute and the idle deadline."""
+        """The earlier of the absolute and the idle deadline (with its lag):
+        the session is not due before it."""
         if self.idle_expires_at is None:
             return self.expires_at
-        return min(self.expires_at, self.idle_expires_at)
+        return min(self.expires_at, self.idle_expires_at + self.idle_lag)
 
     def expiry_reason(self, now: float) -> str | None:
         """"ttl" or "idle" if the session is past a deadline at `now`, else None."""
         now += 1e-6  # as SessionState.expiry_reason: tolerate float rounding
         if now >= self.expires_at:
             return "ttl"
-        if self.idle_expires_at is not None and now >= self.idle_expires_at:
+        if self.idle_expires_at is not None and now >= self.idle_expires_at + self.idle_lag:
             return "idle"
         return None
 

@@ -469,7 +469,8 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     row, cipher = new_session_row(keyring, meta, b"old state")
     with raw_db(tmp_path) as conn:
         migrate(conn, target=1)
-        conn.execute(_INSERT_SESSION, row)
+        v1_row = row[:8] + row[9:]  # no idle_lag yet (schema 3)
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)", v1_row)
         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
                      ("old", 1, NOW, cipher.seal("event", 1, b"old change")))
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -478,6 +479,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     try:
         loaded = await store.load("old")
         assert loaded is not None and loaded.snapshot == b"old state"
+        assert loaded.meta.idle_lag == 0.0  # its stored deadline was exact, as before
         assert [e.payload for e in loaded.events] == [b"old change"]
         assert await store.count() == 1  # the v2 counter starts from the existing rows
         await store.create(make_meta("new"), b"")
@@ -486,7 +488,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     finally:
         await store.aclose()
     with raw_db(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path, keyring: KeyRing) -> None:

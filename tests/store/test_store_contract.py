@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
@@ -170,6 +171,25 @@ async def test_due_follows_deadlines_that_move(store: Store) -> None:
     assert [m.session_id for m in await store.due(35.0, 10)] == ["b", "a"]
     assert await store.due(15.0, 10) == []
     assert await store.next_deadline() == 25.0
+
+
+async def test_a_lagging_idle_deadline_is_kept_and_not_due_before_its_lag(
+        store: Store) -> None:
+    # Metadata stored while an actor has the session: its idle deadline may
+    # lag the session's reads by `idle_lag`, so it is not due before that.
+    lagging = attrs.evolve(make_meta("a", expires_at=100.0, idle_expires_at=20.0), idle_lag=10.0)
+    await store.create(lagging, b"")
+    loaded = await store.load("a")
+    assert loaded is not None and same_meta(loaded.meta, lagging)
+    assert loaded.meta.idle_lag == 10.0
+    assert await store.due(29.9, 10) == []
+    assert await store.next_deadline() == 30.0
+    # Hibernated: the exact deadline, no lag.
+    exact = make_meta("a", expires_at=100.0, idle_expires_at=25.0)
+    await store.save_snapshot(exact, 0, b"")
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.meta.idle_lag == 0.0
+    assert [m.session_id for m in await store.due(25.0, 10)] == ["a"]
 
 
 async def test_next_deadline(store: Store) -> None:
