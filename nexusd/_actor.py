@@ -58,7 +58,7 @@ from nexus_protocol import (
 from ._auth import hash_token, new_token, scope_allows, verify_token
 from ._errors import RequestError
 from ._state import MAX_HISTORY, SessionState, count_label
-from ._store import SessionMeta, StoredEvent
+from ._store import IDLE_LAG, SessionMeta, StoredEvent
 
 if TYPE_CHECKING:
     from ._outbox import Outbox
@@ -185,7 +185,11 @@ class SessionActor:
     """
 
     def __init__(self, registry: Registry, state: SessionState, tokens: dict[str, str],
-                 history: list[tuple[int, bytes]], config: ActorConfig) -> None:
+                 history: list[tuple[int, bytes]], config: ActorConfig, *,
+                 stored_lag: float = 0.0) -> None:
+        """`stored_lag` is the `idle_lag` of the metadata stored for `state`
+        (a state restored from the store has that lag in its last activity
+        already: 0)."""
         self.registry = registry
         self.store = registry.store
         self.clock = registry.clock
@@ -206,6 +210,9 @@ class SessionActor:
         self._catch_up: list[bytes] = []
         self._since_snapshot = 0
         self._published_seq = state.seq
+        # The latest activity a recovery would grant the session from what
+        # the store holds: activity past it is stored before its replies leave.
+        self._covered = state.last_activity + stored_lag
         self.last_traffic = trio.current_time()  # the registry's hibernator reads it
         self.ended = False
 
@@ -301,13 +308,20 @@ class SessionActor:
                     if not await self._handle(self._batch.popleft()):
                         return
                 await self._flush()
+                if self.state.idle_timeout is not None \
+                        and self.state.last_activity > self._covered:
+                    # Reads moved the idle deadline past what a recovery
+                    # would grant: store it (once per IDLE_LAG at most).
+                    await self._store_meta()
             finally:
                 self.registry.flusher.release()
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
         with trio.move_on_after(30, shield=True):
-            await self.store.save_snapshot(self.meta(), self.state.seq, self.state.to_snapshot())
+            # The exact deadline: no actor lags it any more.
+            await self.store.save_snapshot(meta_of(self.state, self.tokens), self.state.seq,
+                                           self.state.to_snapshot())
         log.debug("session %s hibernated at seq %d", self.session_id, self.state.seq)
 
     def _close_mailbox(self) -> None:
@@ -340,7 +354,21 @@ class SessionActor:
             env.caller.outbox.reply(error.reply(getattr(env.request, "id", None)))
 
     def meta(self) -> SessionMeta:
-        return meta_of(self.state, self.tokens)
+        """The metadata to store while the session is active: its idle
+        deadline may lag by IDLE_LAG (see `_covered`)."""
+        return meta_of(self.state, self.tokens, IDLE_LAG)
+
+    async def _store_meta(self) -> None:
+        """Stores the metadata as it is now (an append without events)."""
+        meta = self.meta()
+        await self.store.append(meta, [])
+        self._stored(meta)
+
+    def _stored(self, meta: SessionMeta) -> None:
+        """Notes that the store holds `meta` (or later)."""
+        if meta.idle_expires_at is not None and meta.idle_timeout is not None:
+            self._covered = max(self._covered,
+                                meta.idle_expires_at - meta.idle_timeout + meta.idle_lag)
 
     # ---------------------------------------------------------- dispatching
 
@@ -358,7 +386,7 @@ class SessionActor:
         if isinstance(req, CheckExpiry):
             await self._flush()
             with trio.move_on_after(30, shield=True):
-                await self.store.append(self.meta(), [])
+                await self._store_meta()
             self.registry.reaper.schedule(self.session_id, self.state.deadline)
             assert env.ask is not None
             env.ask.resolve()
@@ -396,7 +424,7 @@ class SessionActor:
             except RequestError as exc:
                 self._fail(env, exc)
                 return True
-            await self.store.append(self.meta(), [])
+            await self._store_meta()
             self._deliver(env, granted)
             return True
         write = isinstance(req, WRITES)
@@ -668,6 +696,8 @@ class SessionActor:
         pending, self._pending = self._pending, []
         events = [StoredEvent(c.seq, c.ts, body) for c, body in pending]
         await self.store.append(self.meta(), events)
+        # The journal holds these times, and a recovery adds IDLE_LAG to them.
+        self._covered = max(self._covered, events[-1].ts + IDLE_LAG)
         for change, body in pending:
             self._history.append((change.seq, body))
             self._published_seq = change.seq
@@ -681,8 +711,9 @@ class SessionActor:
         self._since_snapshot += len(pending)
         if self._since_snapshot >= self.config.snapshot_every:
             self._since_snapshot = 0
-            await self.store.save_snapshot(self.meta(), self.state.seq,
-                                           self.state.to_snapshot())
+            meta = self.meta()
+            await self.store.save_snapshot(meta, self.state.seq, self.state.to_snapshot())
+            self._stored(meta)
 
     def _fan_out(self, body: bytes, seq: int) -> None:
         lagging = [sub for sub in self._subscribers.values()
@@ -782,10 +813,10 @@ _REPLAY_LIMITS: Final = Limits(max_frame=0xFFFF_FFFF, max_key=1 << 20, max_depth
                                max_patch=1 << 30)
 
 
-def meta_of(s: SessionState, tokens: dict[str, str]) -> SessionMeta:
+def meta_of(s: SessionState, tokens: dict[str, str], idle_lag: float = 0.0) -> SessionMeta:
     """What the store indexes about the session in state `s`."""
     return SessionMeta(s.session_id, s.created_at, s.ttl, s.expires_at, s.idle_timeout,
-                       s.idle_expires_at, tokens)
+                       s.idle_expires_at, tokens, idle_lag)
 
 
 def replay_events(state: SessionState, events: Iterable[StoredEvent]) -> None:

@@ -25,7 +25,7 @@ from ._clock import WallClock
 from ._errors import RequestError
 from ._outbox import Flusher
 from ._state import SessionState, count_label
-from ._store import LoadedSession, SessionMeta, Store
+from ._store import IDLE_LAG, LoadedSession, SessionMeta, Store
 
 if TYPE_CHECKING:
     from ._reaper import Reaper
@@ -150,7 +150,7 @@ class Registry:
                              metadata=req.metadata or {})
         state.touch(channel, now, read=False)
         tokens = {hash_token(token): "admin"}
-        actor = SessionActor(self, state, tokens, [], self.actor_config)
+        actor = SessionActor(self, state, tokens, [], self.actor_config, stored_lag=IDLE_LAG)
         await self.store.create(actor.meta(), state.to_snapshot())
         await self._start(actor)
         self._created += 1
@@ -308,6 +308,9 @@ def _restore(loaded: LoadedSession) -> SessionState:
 
     Deadlines come from the state, not the stored metadata: the journal
     knows of every write, and the metadata of reads (and may lag writes).
+    Metadata stored while the session was active may lag its reads by up to
+    `idle_lag` (the daemon stopped without hibernating it: a crash), so the
+    session is granted that much more: it may have been read that late.
     """
     if loaded.snapshot is None:
         raise RuntimeError(f"session {loaded.meta.session_id} has no snapshot")
@@ -316,5 +319,5 @@ def _restore(loaded: LoadedSession) -> SessionState:
     meta = loaded.meta
     if meta.idle_expires_at is not None and meta.idle_timeout is not None:
         state.last_activity = max(state.last_activity,
-                                  meta.idle_expires_at - meta.idle_timeout)
+                                  meta.idle_expires_at - meta.idle_timeout) + meta.idle_lag
     return state
