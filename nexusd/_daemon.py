@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import secrets
 import ssl
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from nexus_protocol import Limits
 
 from . import __version__
 from ._actor import ActorConfig
+from ._auth import new_admin_key
 from ._clock import WallClock
 from ._config import Config, ws_address
 from ._crypto import KeyRingError
@@ -68,7 +68,7 @@ def read_or_create_admin_key(data: Path) -> str:
     except FileNotFoundError:
         pass
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
+    key = new_admin_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
