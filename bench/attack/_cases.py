@@ -42,6 +42,11 @@ def _fail(reason: str) -> str:
     return f"FAILED: {reason}"
 
 
+def _exited(d: DaemonProc) -> str:
+    assert d.proc is not None
+    return _fail(f"the daemon exited ({d.proc.returncode}): {d.tail(1).strip()}")
+
+
 # ----------------------------------------------------------- ws-early-reset
 
 
@@ -79,7 +84,7 @@ def ws_early_reset(tmp: Path, quick: bool) -> Row:
         done = (f"{n:,} WebSocket upgrades, each reset (SO_LINGER 0) before hello "
                 f"({refused} refused or cut by the daemon)")
         if not d.alive():
-            return Row("ws-early-reset", done, _fail(f"the daemon exited:\n{d.tail()}"), "")
+            return Row("ws-early-reset", done, _exited(d), "")
         try:
             ws = NexusClient(d.websocket, client="attack")
             ws.request(p.Ping(id=ws.next_id()), timeout=5)
@@ -144,7 +149,7 @@ def writer_cancel_storm(tmp: Path, quick: bool) -> Row:
         done = (f"{rounds} rounds of {clients} clients, each resetting with 16 creates and "
                 f"writes in flight ({abandoned:,} requests abandoned)")
         if not d.alive():
-            return Row("writer-cancel-storm", done, _fail(f"the daemon exited:\n{d.tail()}"),
+            return Row("writer-cancel-storm", done, _exited(d),
                        "")
         # Afterwards every session still takes a write, and reads it back.
         lost = 0
