@@ -281,7 +281,7 @@ class SessionActor:
                 sub.caller.subscriptions.discard(self.session_id)
                 sub.caller.outbox.reply(Lagged(session_id=self.session_id,
                                                seq=self._published_seq))
-            self._subscribers.clear()
+            self._forget_subscribers()
         finally:
             self._end(ErrorCode.UNAVAILABLE, "the session was reloading; retry")
 
@@ -333,6 +333,7 @@ class SessionActor:
         if self.ended:
             return
         self.ended = True
+        self._forget_subscribers()
         self._close_mailbox()
         while True:
             try:
@@ -346,6 +347,10 @@ class SessionActor:
         while self._batch:
             self._fail(self._batch.popleft(), RequestError(code, message))
         self._inbox.close()
+
+    def _forget_subscribers(self) -> None:
+        self.registry.subscribers -= len(self._subscribers)
+        self._subscribers.clear()
 
     def _fail(self, env: Envelope, error: RequestError) -> None:
         if env.ask is not None:
@@ -721,6 +726,7 @@ class SessionActor:
         for sub in lagging:
             cid = sub.caller.connection_id
             del self._subscribers[cid]
+            self.registry.subscribers -= 1
             sub.caller.subscriptions.discard(self.session_id)
             sub.caller.outbox.reply(Lagged(session_id=self.session_id, seq=seq - 1))
             self._presence("leave", sub)
@@ -763,6 +769,7 @@ class SessionActor:
         old = self._subscribers.pop(caller.connection_id, None)
         if old is None:
             self._presence("join", sub)  # to the others; the joiner gets the list
+            self.registry.subscribers += 1
         self._subscribers[caller.connection_id] = sub
         caller.subscriptions.add(self.session_id)
         presence = [{"connection_id": s.caller.connection_id, "channel": s.channel,
@@ -781,6 +788,7 @@ class SessionActor:
     def _unsubscribe(self, connection_id: str) -> None:
         sub = self._subscribers.pop(connection_id, None)
         if sub is not None:
+            self.registry.subscribers -= 1
             sub.caller.subscriptions.discard(self.session_id)
             self._presence("leave", sub)
 
@@ -799,7 +807,7 @@ class SessionActor:
     async def _remove(self, message: str, code: ErrorCode, reason: str) -> None:
         for sub in self._subscribers.values():
             sub.caller.subscriptions.discard(self.session_id)
-        self._subscribers.clear()
+        self._forget_subscribers()
         self.registry.tombstone(self.session_id, reason)
         self._end(code, message)
         with trio.move_on_after(30, shield=True):

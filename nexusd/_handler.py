@@ -53,6 +53,11 @@ log = logging.getLogger("nexusd.connection")
 
 _ids = itertools.count(1)
 
+#: Sessions told per turn of the event loop that a closing connection no
+#: longer watches them: each wakes its actor, and one connection may watch
+#: thousands.
+DETACH_PER_TURN = 64
+
 
 class Transport(Protocol):
     """What a transport adapter provides: whole frames out, bytes in."""
@@ -104,12 +109,12 @@ class ConnectionHandler:
                     try:
                         await self._read_loop()
                     finally:
-                        self._detach_all()
+                        await self._detach_all()
                         self.outbox.close()
         except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away: nothing to tell anyone
         finally:
-            self._detach_all()
+            await self._detach_all()
             self.outbox.detach()
             with trio.move_on_after(1, shield=True):
                 await t.aclose()
@@ -207,14 +212,20 @@ class ConnectionHandler:
             await outbox.wait_reply_capacity(self.config.max_in_flight)
             await self._dispatch(event)
 
-    def _detach_all(self) -> None:
+    async def _detach_all(self) -> None:
+        """Tells each session this connection watches that it is gone,
+        `DETACH_PER_TURN` per turn of the event loop (shielded: it runs on
+        the way out, cancelled or not)."""
         caller = self.caller
         if caller is None:
             return
-        for sid in list(caller.subscriptions):
-            actor = self.daemon.registry.active(sid)
-            if actor is not None:
-                actor.send_nowait(Envelope(Disconnect(self.connection_id)))
+        with trio.CancelScope(shield=True):
+            for n, sid in enumerate(list(caller.subscriptions), 1):
+                actor = self.daemon.registry.active(sid)
+                if actor is not None:
+                    actor.send_nowait(Envelope(Disconnect(self.connection_id)))
+                if n % DETACH_PER_TURN == 0:
+                    await trio.lowlevel.checkpoint()
         caller.subscriptions.clear()
 
     # ------------------------------------------------------------ dispatching

@@ -36,6 +36,11 @@ log = logging.getLogger("nexusd.registry")
 
 #: Ended sessions remembered so that late requests hear `expired`, not `not_found`.
 TOMBSTONES: Final = 100_000
+#: Actors the hibernator tells to hibernate in one turn of the event loop, and
+#: heap entries it checks: each told actor saves its snapshot in the next turn,
+#: so that many sessions falling quiet together never stall the loop at once.
+QUIET_PER_TURN: Final = 64
+CHECKS_PER_TURN: Final = 1024
 
 
 @attrs.frozen
@@ -54,6 +59,7 @@ class RegistryStatistics:
     activations: int
     hibernations: int
     ended: int
+    subscribers: int
 
 
 class Registry:
@@ -76,6 +82,9 @@ class Registry:
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
+        # Watchers attached to active sessions, kept by the actors as they
+        # change: `stats` never sums over every session.
+        self.subscribers = 0
         # Daemon-wide analytics since start: channel label -> count.
         self.created_on: Counter[str] = Counter()
         self.changes_on: Counter[str] = Counter()
@@ -91,7 +100,7 @@ class Registry:
 
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
-                                  self._hibernations, self._ended)
+                                  self._hibernations, self._ended, self.subscribers)
 
     def analytics(self) -> dict[str, Any]:
         """Channel usage across sessions since the daemon started."""
@@ -178,10 +187,17 @@ class Registry:
 
         One heap entry per actor, checked when due: an actor that had
         traffic meanwhile is due again `hibernate_after` after it, so that
-        traffic itself costs nothing here.
+        traffic itself costs nothing here. At most `QUIET_PER_TURN` actors
+        are told (and `CHECKS_PER_TURN` entries checked) per turn of the
+        event loop: thousands of sessions falling quiet together hibernate
+        over many short turns, between which everything else runs.
         """
         task_status.started()
+        told = checked = 0
         while True:
+            if told >= QUIET_PER_TURN or checked >= CHECKS_PER_TURN:
+                told = checked = 0
+                await trio.lowlevel.checkpoint()
             if not self._quiet:
                 await self._quiet_lot.park()
                 continue
@@ -189,23 +205,28 @@ class Registry:
             now = trio.current_time()
             if due > now:
                 # New entries are never due before this one: `after` from now.
+                told = checked = 0
                 await trio.sleep_until(due)
                 continue
             heapq.heappop(self._quiet)
-            self._check_quiet(ref, now)
+            checked += 1
+            told += self._check_quiet(ref, now)
 
-    def _check_quiet(self, ref: weakref.ref[SessionActor], now: float) -> None:
+    def _check_quiet(self, ref: weakref.ref[SessionActor], now: float) -> bool:
+        """Checks one heap entry; True if it told its actor to hibernate."""
         # Not inline in `hibernate_quiet`: its frame, asleep, would keep the
         # last actor it looked at alive.
         actor = ref()
         if actor is None or actor.ended:
-            return
+            return False
         after = self.actor_config.hibernate_after
         if actor.last_traffic + after > now:
             self._watch_quiet(actor, actor.last_traffic + after)
-        elif not actor.may_hibernate() or actor.send_nowait(Envelope(Quiet())) \
-                or not actor.ended:
+            return False
+        told = actor.may_hibernate() and actor.send_nowait(Envelope(Quiet()))
+        if not actor.ended:  # it may have traffic before it handles the Quiet
             self._watch_quiet(actor, now + after)
+        return told
 
     # ---------------------------------------------------------- activation
 

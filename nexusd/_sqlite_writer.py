@@ -27,7 +27,11 @@ __all__ = ["Checkpointer", "TaskWriter", "ThreadWriter", "Writer"]
 
 T = TypeVar("T")
 
-_MAX_BATCH: Final = 1024  # requests per transaction: bounds a commit's latency
+# Requests per transaction: bounds a commit's latency, and (at "process",
+# where the commit runs in trio's thread) the time one turn of the event loop
+# spends in it and in waking the callers: 256 snapshots of a hibernation
+# storm take ~10 ms.
+_MAX_BATCH: Final = 256
 _SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
 _GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
 _CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)

@@ -1,0 +1,60 @@
+"""nexusd under attack: ``python -m bench.attack [--quick]``.
+
+Each case starts a real daemon subprocess (a temporary data directory and
+Unix socket, a WebSocket on a free port when it needs one), attacks it the
+way a hostile or unlucky world would, and checks what a user relies on
+afterwards. A case reports one row: what was done, the outcome (``held``,
+or ``FAILED: what broke``) and its key figures. The command exits non-zero
+if any case failed.
+
+Cases
+    ws-early-reset
+        WebSocket clients complete the upgrade, then reset the connection
+        (SO_LINGER 0) before saying hello. The daemon must go on answering,
+        over the Unix socket (a canary pings throughout) and over WebSocket,
+        and hold no connection for them afterwards.
+    writer-cancel-storm
+        Clients pipeline creates and writes, then reset the connection with
+        every request in flight, round after round: the session actors'
+        writes are abandoned mid-commit. Afterwards writes must still
+        commit and read back, and SIGTERM must stop the daemon within a
+        bound.
+    second-daemon
+        A second daemon started on the data directory of a running one must
+        refuse to start, and the first must carry on.
+    crash-during-idle
+        A session (idle timeout 4 s) is read 2.5 s after its creation, which
+        moves its idle deadline to 6.5 s; the daemon is killed (``kill -9``)
+        and restarted. At 5 s the session must still be there; by 8 s it
+        must have expired.
+    mass-hibernation
+        Thousands of sessions fall quiet at the same moment (their one
+        watcher, a single connection, goes away) and hibernate together,
+        while a canary pings: ping p99 must stay under 50 ms.
+    clock-jump
+        The wall clock stepped under a running daemon. A subprocess's wall
+        clock cannot be stepped without changing the machine's time (or
+        libfaketime); the row says so and names the unit tests that cover it.
+
+``--quick`` runs every case at a smaller size (under ~90 s in all).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+__all__ = ["Row"]
+
+
+@attrs.frozen
+class Row:
+    """One case's result: `outcome` is "held", "FAILED: ..." or "not run: ..."."""
+
+    case: str
+    done: str
+    outcome: str
+    figures: str
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.startswith("FAILED")
