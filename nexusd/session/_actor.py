@@ -1,168 +1,74 @@
 """The session actor: one task per active session, the only code that touches
 that session's state.
 
-Requests arrive in a small bounded mailbox. The actor takes what is waiting,
-applies consecutive writes to its state, journals them in one store append,
-and only once the store returns fans each change out and acknowledges it:
+Requests arrive in a small bounded mailbox. The actor takes what is waiting
+and decides each request through its row in `COMMANDS`; it applies the
+consecutive writes to its state, journals them in one store append, and only
+once the store returns publishes each change on the bus and acknowledges it:
 acknowledged means durable. Anything other than a write first flushes the
 writes before it, so no reader ever sees a change that is not yet durable.
+
+Everything the actor uses is given to it when it is made (`ActorDeps`); it
+knows nothing of the registry, the reaper or the transports.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Protocol, cast
 
 import attrs
 import trio
 from nexus_protocol import (
-    Attach,
     Attached,
     Change,
-    Delete,
-    Detach,
     ErrorCode,
     Expired,
-    Get,
-    Grant,
-    Granted,
-    Invalidate,
     Invalidated,
     Lagged,
     Limits,
     Message,
-    Ok,
-    Patch,
     Presence,
-    Renew,
-    Renewed,
-    Report,
-    Set,
     Snapshot,
-    StateReply,
-    Summary,
-    SwitchBegin,
-    SwitchComplete,
-    Switched,
-    Sync,
-    UpdateContext,
-    Value,
-    Written,
-    check_value,
     decode_body,
     encode_body,
 )
 
-from ._auth import hash_token, new_token, scope_allows, verify_token
-from ._errors import RequestError
-from ._state import MAX_HISTORY, SessionState, count_label
-from ._store import SessionMeta, StoredEvent
+from .._bus import Bus
+from .._clock import WallClock
+from .._errors import RequestError
+from .._principal import EventSink, Principal
+from .._store import SessionMeta, Store, StoredEvent
+from ._access import authorize
+from ._analytics import ChannelAnalytics
+from ._commands import (
+    COMMANDS,
+    AddToken,
+    CommandLimits,
+    Context,
+    Effect,
+    End,
+    Subscribe,
+    Unsubscribe,
+)
+from ._mailbox import CheckExpiry, Disconnect, Envelope, MailItem, Quiet
+from ._state import SessionState
 
-if TYPE_CHECKING:
-    from ._outbox import Outbox
-    from ._registry import Registry
-
-__all__ = [
-    "ActorConfig",
-    "Ask",
-    "Caller",
-    "CheckExpiry",
-    "Disconnect",
-    "Envelope",
-    "Quiet",
-    "SessionActor",
-    "meta_of",
-    "replay_events",
-]
+__all__ = ["ActorConfig", "ActorDeps", "BatchScope", "SessionActor", "meta_of",
+           "replay_events"]
 
 log = logging.getLogger("nexusd.actor")
 
-#: Sessions whose proven scope one connection remembers; beyond that the
-#: least recently proven must show their token again.
-MAX_GRANTS: Final = 10_000
 
-WRITES: Final = (Set, Delete, Patch, UpdateContext, SwitchBegin, SwitchComplete, Renew)
+class BatchScope(Protocol):
+    """Held by an actor while it serves a batch: the replies and events the
+    batch produces leave together on release (the transports' `Flusher`)."""
 
+    def hold(self) -> None: ...
 
-@attrs.define(eq=False)
-class Caller:
-    """A connection as the actors see it. `grants` caches, per session, the
-    scope a token has already proven on this connection."""
-
-    connection_id: str
-    channel: str
-    client: str
-    admin: bool
-    outbox: Outbox
-    grants: dict[str, str] = attrs.Factory(dict)
-    subscriptions: set[str] = attrs.Factory(set)
-
-    @property
-    def writer(self) -> str:
-        return self.client or self.connection_id
-
-    def remember(self, session_id: str, scope: str) -> None:
-        """Caches a proven scope; the oldest entries go past MAX_GRANTS."""
-        grants = self.grants
-        grants.pop(session_id, None)
-        grants[session_id] = scope
-        while len(grants) > MAX_GRANTS:
-            del grants[next(iter(grants))]
-
-
-@attrs.define(eq=False)
-class Ask:
-    """A request from inside the daemon, answered through an event."""
-
-    done: trio.Event = attrs.Factory(trio.Event)
-    result: Any = None
-    error: RequestError | None = None
-
-    def resolve(self, result: Any = None, error: RequestError | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-    async def wait(self) -> Any:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-@attrs.frozen
-class CheckExpiry:
-    """From the reaper: expire if due, else persist the true deadline."""
-
-
-@attrs.frozen
-class Quiet:
-    """From the registry: no traffic for `hibernate_after`; hibernate if unwatched."""
-
-
-@attrs.frozen
-class Disconnect:
-    """A connection closed: forget its subscription, announce it left."""
-
-    connection_id: str
-
-
-@attrs.define(eq=False)
-class Envelope:
-    """One mailbox item: a protocol request from a connection, or an internal
-    command with an `Ask` to answer."""
-
-    request: Message | CheckExpiry | Disconnect | Quiet
-    caller: Caller | None = None
-    ask: Ask | None = None
-
-
-@attrs.define(eq=False)
-class _Subscriber:
-    caller: Caller
-    channel: str
-    scope: str
+    def release(self) -> None: ...
 
 
 @attrs.frozen
@@ -170,42 +76,83 @@ class ActorConfig:
     mailbox_size: int = 64
     max_batch: int = 256
     hibernate_after: float = 60.0
-    retention: int = 1000
     snapshot_every: int = 1000
-    max_keys: int = 10_000
-    max_ttl: float = 30 * 86400.0
+
+
+@attrs.frozen
+class ActorDeps:
+    """What every actor uses, given by the registry that makes them.
+
+    `forget(actor)` is called as an actor ends, `tombstone(session_id,
+    reason)` when its session ends for good, `schedule(session_id, deadline)`
+    when its deadline may have come earlier.
+    """
+
+    store: Store
+    clock: WallClock
+    bus: Bus
+    batch: BatchScope
+    analytics: ChannelAnalytics
+    limits: CommandLimits
+    max_frame: int
+    schedule: Callable[[str, float], None]
+    forget: Callable[[SessionActor], None]
+    tombstone: Callable[[str, str], None]
+
+
+class _Watcher:
+    """A subscriber of the session's topic: the principal's event sink, with
+    the channel and scope it attached with."""
+
+    __slots__ = ("channel", "principal", "push_event", "reply", "scope", "sink")
+
+    def __init__(self, principal: Principal, sink: EventSink, channel: str, scope: str
+                 ) -> None:
+        self.principal = principal
+        self.sink = sink
+        self.channel = channel
+        self.scope = scope
+        # Bound once: the bus calls these for every event.
+        self.push_event = sink.push_event
+        self.reply = sink.reply
+
+    @property
+    def closed(self) -> bool:
+        return self.sink.closed
 
 
 class SessionActor:
     """Owns one session while it is active.
 
-    The registry makes it (`activate`) and runs `run` in its nursery; the actor
-    ends by hibernating (state handed to the store), by expiring, or with the
-    daemon, and in every case fails whatever is left in its mailbox.
+    The registry makes it and runs `run` in its nursery; the actor ends by
+    hibernating (state handed to the store), by expiring, or with the daemon,
+    and in every case fails whatever is left in its mailbox.
     """
 
-    def __init__(self, registry: Registry, state: SessionState, tokens: dict[str, str],
-                 history: list[tuple[int, bytes]], config: ActorConfig) -> None:
-        self.registry = registry
-        self.store = registry.store
-        self.clock = registry.clock
+    def __init__(self, state: SessionState, tokens: dict[str, str],
+                 history: Iterable[tuple[int, bytes]], config: ActorConfig,
+                 deps: ActorDeps) -> None:
         self.config = config
         self.state = state
         self.tokens = tokens
         self.session_id = state.session_id
-        self._send, self._inbox = trio.open_memory_channel[Envelope](config.mailbox_size)
-        self._history: deque[tuple[int, bytes]] = deque(history, maxlen=config.retention)
-        self._subscribers: dict[str, _Subscriber] = {}
+        self._store = deps.store
+        self._clock = deps.clock
+        self._batch_scope = deps.batch
+        self._analytics = deps.analytics
+        self._limits = deps.limits
+        self._max_frame = deps.max_frame
+        self._schedule = deps.schedule
+        self._forget = deps.forget
+        self._tombstone = deps.tombstone
+        self._topic = deps.bus.open(self.session_id, state.seq, history)
+        self._send, self._inbox = trio.open_memory_channel[MailItem](config.mailbox_size)
         self._pending: list[tuple[Change, bytes]] = []
         self._pending_replies: list[tuple[Envelope, Message]] = []
         # Taken from the mailbox, not yet handled: failed with the rest if the
         # actor ends part-way through a batch.
-        self._batch: deque[Envelope] = deque()
-        # The events an attach's reply is followed by (replayed changes, or a
-        # snapshot), prepared before the subscriber is added.
-        self._catch_up: list[bytes] = []
+        self._batch: deque[MailItem] = deque()
         self._since_snapshot = 0
-        self._published_seq = state.seq
         self.last_traffic = trio.current_time()  # the registry's hibernator reads it
         self.ended = False
 
@@ -217,29 +164,34 @@ class SessionActor:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._topic.subscribers)
+
+    @property
+    def _watchers(self) -> Mapping[str, _Watcher]:
+        # Only this actor subscribes to its topic, and only watchers.
+        return cast(Mapping[str, _Watcher], self._topic.subscribers)
 
     def may_hibernate(self) -> bool:
         """Whether a `Quiet` could make a difference: the session is
         unwatched, or a watcher's connection closed without its goodbye
         reaching the mailbox. Watched sessions are not woken for nothing."""
-        return not self._subscribers or any(
-            sub.caller.outbox.closed for sub in self._subscribers.values())
+        watchers = self._watchers
+        return not watchers or any(w.closed for w in watchers.values())
 
-    async def send(self, envelope: Envelope, patience: float) -> None:
-        """Queues `envelope`, waiting at most `patience` seconds for mailbox room.
+    async def send(self, item: MailItem, patience: float) -> None:
+        """Queues `item`, waiting at most `patience` seconds for mailbox room.
 
         Raises:
             RequestError: `busy` when the mailbox stays full.
             trio.ClosedResourceError: the actor has ended; activate anew.
         """
         try:
-            self._send.send_nowait(envelope)
+            self._send.send_nowait(item)
             return
         except trio.WouldBlock:
             pass
         with trio.move_on_after(patience):
-            await self._send.send(envelope)
+            await self._send.send(item)
             return
         raise RequestError(ErrorCode.BUSY, f"session {self.session_id} is busy",
                            retry_after=min(patience, 1.0))
@@ -249,9 +201,10 @@ class SessionActor:
         its snapshot and ends."""
         self._send.close()
 
-    def send_nowait(self, envelope: Envelope) -> bool:
+    def send_nowait(self, item: MailItem) -> bool:
+        """Queues `item` if the mailbox has room; False if not, or if the actor ended."""
         try:
-            self._send.send_nowait(envelope)
+            self._send.send_nowait(item)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         return True
@@ -270,48 +223,50 @@ class SessionActor:
                           self.session_id)
             # Watchers resume from what they last saw, which reactivates the
             # session from its durable state.
-            for sub in self._subscribers.values():
-                sub.caller.subscriptions.discard(self.session_id)
-                sub.caller.outbox.reply(Lagged(session_id=self.session_id,
-                                               seq=self._published_seq))
-            self._subscribers.clear()
+            lagged = Lagged(session_id=self.session_id, seq=self._topic.seq)
+            for cid in list(self._watchers):
+                watcher = self._watchers[cid]
+                self._topic.unsubscribe(cid)
+                watcher.principal.subscriptions.discard(self.session_id)
+                watcher.reply(lagged)
         finally:
             self._end(ErrorCode.UNAVAILABLE, "the session was reloading; retry")
 
     async def _loop(self) -> None:
         while True:
             try:
-                envelope = await self._inbox.receive()
+                item = await self._inbox.receive()
             except trio.EndOfChannel:
                 await self._hibernate()
                 return
-            batch = [envelope]
+            batch = [item]
             while len(batch) < self.config.max_batch:
                 try:
                     batch.append(self._inbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break  # after a close, the next receive ends the loop
-            if len(batch) > 1 or type(envelope.request) is not Quiet:
+            if len(batch) > 1 or type(item) is not Quiet:
                 self.last_traffic = trio.current_time()
             self._batch.extend(batch)
             # The batch's replies and events leave together, on release.
-            self.registry.flusher.hold()
+            self._batch_scope.hold()
             try:
                 while self._batch:
                     if not await self._handle(self._batch.popleft()):
                         return
                 await self._flush()
             finally:
-                self.registry.flusher.release()
+                self._batch_scope.release()
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
         with trio.move_on_after(30, shield=True):
-            await self.store.save_snapshot(self.meta(), self.state.seq, self.state.to_snapshot())
+            await self._store.save_snapshot(self.meta(), self.state.seq,
+                                            self.state.to_snapshot())
         log.debug("session %s hibernated at seq %d", self.session_id, self.state.seq)
 
     def _close_mailbox(self) -> None:
-        self.registry.forget(self)
+        self._forget(self)
         self._send.close()
 
     def _end(self, code: ErrorCode, message: str) -> None:
@@ -322,450 +277,256 @@ class SessionActor:
         self._close_mailbox()
         while True:
             try:
-                env = self._inbox.receive_nowait()
+                item = self._inbox.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            self._fail(env, RequestError(code, message))
+            self._fail(item, RequestError(code, message))
         for env, _reply in self._pending_replies:
             self._fail(env, RequestError(code, message))
         self._pending_replies.clear()
         while self._batch:
             self._fail(self._batch.popleft(), RequestError(code, message))
         self._inbox.close()
+        self._topic.close()
 
-    def _fail(self, env: Envelope, error: RequestError) -> None:
-        if env.ask is not None:
-            env.ask.resolve(error=error)
-        elif env.caller is not None:
-            env.caller.outbox.reply(error.reply(getattr(env.request, "id", None)))
+    def _fail(self, item: MailItem, error: RequestError) -> None:
+        if type(item) is Envelope:
+            item.sink.reply(error.reply(getattr(item.request, "id", None)))
+        elif type(item) is CheckExpiry:
+            item.ask.resolve(error=error)
 
     def meta(self) -> SessionMeta:
         return meta_of(self.state, self.tokens)
 
     # ---------------------------------------------------------- dispatching
 
-    async def _handle(self, env: Envelope) -> bool:
-        """Handles one envelope. False when the actor has ended."""
-        req = env.request
-        now = self.clock.now()
+    async def _handle(self, item: MailItem) -> bool:
+        """Handles one mailbox item. False when the actor has ended."""
+        if type(item) is Disconnect:
+            self._unsubscribe(item.connection_id)
+            return True
+        now = self._clock.now()
         reason = self.state.expiry_reason(now)
-        if reason is not None and not isinstance(req, Disconnect):
+        if reason is not None:
             await self._flush()
             await self._expire(reason)
-            self._fail(env, RequestError(ErrorCode.EXPIRED,
-                                         f"session {self.session_id} has expired"))
+            self._fail(item, RequestError(ErrorCode.EXPIRED,
+                                          f"session {self.session_id} has expired"))
             return False
-        if isinstance(req, CheckExpiry):
+        if type(item) is Envelope:
+            return await self._serve(item, now)
+        if type(item) is CheckExpiry:
             await self._flush()
             with trio.move_on_after(30, shield=True):
-                await self.store.append(self.meta(), [])
-            self.registry.reaper.schedule(self.session_id, self.state.deadline)
-            assert env.ask is not None
-            env.ask.resolve()
+                await self._store.append(self.meta(), [])
+            self._schedule(self.session_id, self.state.deadline)
+            item.ask.resolve()
             return True
-        if isinstance(req, Disconnect):
-            self._unsubscribe(req.connection_id)
-            return True
-        if isinstance(req, Quiet):
-            # Connections that closed without their goodbye reaching us (a
-            # full mailbox) no longer count.
-            for cid, sub in list(self._subscribers.items()):
-                if sub.caller.outbox.closed:
-                    self._unsubscribe(cid)
-            quiet = trio.current_time() - self.last_traffic >= self.config.hibernate_after
-            if quiet and not self._subscribers and not self._batch and not self._pending \
-                    and self._inbox.statistics().current_buffer_used == 0:
-                await self._hibernate()
-                return False
-            return True
-        if isinstance(req, Invalidate):
-            await self._flush()
-            try:
-                self._authorize(env, "admin")
-            except RequestError as exc:
-                self._fail(env, exc)
-                return True
-            await self._invalidate(req.reason or "")
-            self._deliver(env, Ok(id=req.id))
-            return False
-        if isinstance(req, Grant):
-            # Not a change, but the new token must be durable before it is shown.
-            await self._flush()
-            try:
-                granted = self._grant(env, req)
-            except RequestError as exc:
-                self._fail(env, exc)
-                return True
-            await self.store.append(self.meta(), [])
-            self._deliver(env, granted)
-            return True
-        write = isinstance(req, WRITES)
+        assert type(item) is Quiet
+        return not await self._quiet()
+
+    async def _serve(self, env: Envelope, now: float) -> bool:
+        """Decides and carries out one request. False when the actor has ended."""
+        req = env.request
+        command = COMMANDS.get(type(req))
+        write = command is not None and command.write
         if not write:
             await self._flush()
-        reply: Message
+        reply: Message | None
         try:
-            reply = self._serve(env, now)
+            if command is None:
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"{type(req).__name__} is not a session request")
+            principal = env.principal
+            scope = command.scope
+            if scope is not None:
+                authorize(principal, self.session_id, self.tokens,
+                          getattr(req, "token", None),
+                          scope if type(scope) is str else scope(req))  # type: ignore[operator]
+            decision = command.decide(self.state, req, Context(
+                now, principal.channel, principal.writer, self._limits))
+            if decision.change is not None:
+                self._commit(decision.change)
+                if decision.reschedule:
+                    self._schedule(self.session_id, self.state.deadline)
+            if decision.touch is not None:
+                self.state.touch(decision.touch, now, read=True)
+            reply = decision.reply
+            if decision.effect is not None:
+                return await self._carry_out(env, decision.effect, reply, now)
         except RequestError as exc:
             reply = exc.reply(getattr(req, "id", None))
+        assert reply is not None
         if write:
             self._pending_replies.append((env, reply))
         else:
-            self._deliver(env, reply)
-            if isinstance(reply, Attached):
-                outbox = env.caller.outbox  # type: ignore[union-attr]
-                for body in self._catch_up:
-                    outbox.reply_event(body)
-                self._catch_up = []
+            env.sink.reply(reply)
         return True
 
-    def _deliver(self, env: Envelope, reply: Message) -> None:
-        if env.ask is not None:
-            env.ask.resolve(reply)
-        elif env.caller is not None:
-            env.caller.outbox.reply(reply)
+    async def _carry_out(self, env: Envelope, effect: Effect, reply: Message | None,
+                         now: float) -> bool:
+        """Carries out a decision's effect, then replies. False when the actor
+        has ended.
 
-    def _authorize(self, env: Envelope, needed: str) -> None:
-        caller = env.caller
-        if caller is None:
-            return
-        sid = self.session_id
-        granted = caller.grants.get(sid)
-        token = getattr(env.request, "token", None)
-        if token is not None:
-            # Checked even when the connection has proven a scope already: a
-            # request that carries a wrong token is refused, not served on the
-            # strength of an earlier one (a gateway may multiplex many users).
-            scope = verify_token(token, self.tokens)
-            if scope is None:
-                raise RequestError(ErrorCode.UNAUTHORIZED,
-                                   f"the token is not valid for session {sid}")
-            if granted is None or scope_allows(scope, granted):
-                caller.remember(sid, scope)
-                granted = scope
-        if granted is None:
-            if needed == "admin" and caller.admin:
-                return
-            raise RequestError(ErrorCode.UNAUTHORIZED, f"session {sid} needs a token")
-        if not scope_allows(granted, needed):
-            if needed == "admin" and caller.admin:
-                return
-            raise RequestError(ErrorCode.FORBIDDEN,
-                               f"this token's scope is {granted!r}; the request needs {needed!r}")
+        Raises:
+            RequestError: the effect cannot be carried out; nothing changed.
+        """
+        kind = type(effect)
+        if kind is Subscribe:
+            self._subscribe(env, cast(Subscribe, effect), now)
+            return True
+        assert reply is not None
+        if kind is Unsubscribe:
+            self._unsubscribe(env.principal.connection_id)
+        elif kind is AddToken:
+            # Not a change, but the new token must be durable before it is shown.
+            token = cast(AddToken, effect)
+            self.tokens = {**self.tokens, token.digest: token.scope}
+            await self._store.append(self.meta(), [])
+        elif kind is End:
+            await self._invalidate(cast(End, effect).reason)
+            env.sink.reply(reply)
+            return False
+        env.sink.reply(reply)
+        return True
 
-    def _serve(self, env: Envelope, now: float) -> Message:
-        req = env.request
-        caller = env.caller
-        assert caller is not None
-        state = self.state
-        if isinstance(req, Set):
-            self._authorize(env, "write")
-            self._expect(req.key, req.expect)
-            self._check_stored("the value", req.value)
-            if req.key not in state.entries and len(state.entries) >= self.config.max_keys:
-                raise self._full()
-            version = state.version_of(req.key) + 1
-            seq = self._change(caller, now, "set", key=req.key, value=req.value, version=version)
-            return Written(id=req.id, seq=seq, version=version)
-        if isinstance(req, Delete):
-            self._authorize(env, "write")
-            self._expect(req.key, req.expect)
-            if req.key not in state.entries:
-                raise RequestError(ErrorCode.NOT_FOUND, f"no key {req.key!r} in the session")
-            version = state.version_of(req.key) + 1
-            seq = self._change(caller, now, "delete", key=req.key, version=version)
-            return Written(id=req.id, seq=seq, version=version)
-        if isinstance(req, Patch):
-            return self._patch(env, req, now)
-        if isinstance(req, Get):
-            self._authorize(env, "read")
-            state.touch(caller.channel, now, read=True)
-            if req.key is None:
-                return self._state_reply(req.id)
-            entry = state.entries.get(req.key)
-            if entry is None:
-                return Value(id=req.id, key=req.key, value=None,
-                             version=state.version_of(req.key))
-            return Value(id=req.id, key=req.key, value=entry.value, version=entry.version,
-                         updated_at=entry.updated_at, channel=entry.channel)
-        if isinstance(req, Sync):
-            self._authorize(env, "read")
-            state.touch(req.channel, now, read=True)
-            return self._state_reply(req.id)
-        if isinstance(req, Attach):
-            return self._attach(env, req, now)
-        if isinstance(req, Detach):
-            self._unsubscribe(caller.connection_id)
-            return Ok(id=req.id)
-        if isinstance(req, UpdateContext):
-            self._authorize(env, "write")
-            for part in ("preferences", "history", "metrics"):
-                self._check_stored(part, getattr(req, part), room=1)
-            ctx = dict(state.context)
-            ctx["current_channel"] = req.channel or caller.channel
-            if req.preferences is not None:
-                ctx["preferences"] = req.preferences
-            if req.history is not None:
-                ctx["history"] = req.history[-MAX_HISTORY:]
-            if req.metrics is not None:
-                ctx["metrics"] = req.metrics
-            ctx["updated_at"] = now
-            seq = self._change(caller, now, "context", value=ctx)
-            return Written(id=req.id, seq=seq)
-        if isinstance(req, SwitchBegin):
-            self._authorize(env, "write")
-            self._check_stored("context", req.context, room=1)
-            transition_id = new_token()[4:20]
-            transition = {
-                "transition_id": transition_id,
-                "from_channel": req.from_channel or state.context.get("current_channel"),
-                "to_channel": req.to_channel,
-                "reason": req.reason or "user_requested",
-                "context": req.context or {},
-                "started_at": now, "completed_at": None, "success": None,
-            }
-            seq = self._change(caller, now, "switch_begin", value=transition)
-            return Switched(id=req.id, seq=seq, transition_id=transition_id)
-        if isinstance(req, SwitchComplete):
-            self._authorize(env, "write")
-            for t in state.transitions:
-                if t["transition_id"] == req.transition_id:
-                    break
-            else:
-                raise RequestError(ErrorCode.NOT_FOUND,
-                                   f"no transition {req.transition_id!r} in the session")
-            if t["completed_at"] is not None:
-                raise RequestError(ErrorCode.CONFLICT,
-                                   f"transition {req.transition_id!r} is already complete")
-            done = {**t, "completed_at": now, "success": req.success,
-                    "duration": now - t["started_at"]}
-            seq = self._change(caller, now, "switch_complete", value=done)
-            return Switched(id=req.id, seq=seq, transition_id=req.transition_id)
-        if isinstance(req, Renew):
-            self._authorize(env, "write")
-            ttl = state.ttl if req.ttl is None else req.ttl
-            if not 0 < ttl <= self.config.max_ttl:
-                raise RequestError(ErrorCode.BAD_REQUEST,
-                                   f"ttl must be in (0, {self.config.max_ttl:g}] seconds")
-            expires_at = now + ttl
-            seq = self._change(caller, now, "renew", value={"expires_at": expires_at})
-            self.registry.reaper.schedule(self.session_id, state.deadline)
-            return Renewed(id=req.id, seq=seq, expires_at=expires_at)
-        if isinstance(req, Summary):
-            self._authorize(env, "read")
-            return Report(id=req.id, report=state.summary(now))
-        raise RequestError(ErrorCode.BAD_REQUEST,
-                           f"{type(req).__name__} is not a session request")
-
-    def _grant(self, env: Envelope, req: Grant) -> Granted:
-        self._authorize(env, "admin")
-        if req.scope not in ("read", "write", "admin"):
-            raise RequestError(ErrorCode.BAD_REQUEST, "scope must be one of read, write, admin")
-        token = new_token()
-        self.tokens = {**self.tokens, hash_token(token): req.scope}
-        return Granted(id=req.id, token=token, scope=req.scope)
-
-    def _check_stored(self, name: str, value: Any, room: int = 2) -> None:
-        """A stored value travels again inside `state`, `snapshot` and
-        `change` messages, up to `room` levels deeper than it arrived; it
-        must still fit the depth limit there."""
-        limit = self.registry.limits.max_depth - room
-        try:
-            check_value(value, limit)
-        except ValueError:
-            raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"{name} nests deeper than {limit} levels, the most a "
-                               "session can hold") from None
-
-    def _full(self) -> RequestError:
-        return RequestError(ErrorCode.BAD_REQUEST,
-                            f"the session already holds the maximum of {self.config.max_keys} keys")
-
-    def _expect(self, key: str, expect: int | None) -> None:
-        if expect is None:
-            return
-        current = self.state.version_of(key)
-        exists = key in self.state.entries
-        if expect == 0 and not exists:
-            return
-        if not exists:
-            deleted = f" (deleted at version {current})" if current else ""
-            raise RequestError(ErrorCode.CONFLICT,
-                               f"key {key!r} does not exist{deleted}; expected version "
-                               f"{expect}")
-        if expect != current:
-            raise RequestError(ErrorCode.CONFLICT,
-                               f"key {key!r} is at version {current}, not {expect}")
-
-    def _patch(self, env: Envelope, req: Patch, now: float) -> Message:
-        self._authorize(env, "write")
-        state = self.state
-        both = set(req.set) & set(req.delete)
-        if both:
-            raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"keys both set and deleted: {sorted(both)}")
-        if not req.set and not req.delete:
-            raise RequestError(ErrorCode.BAD_REQUEST, "an empty patch")
-        if len(req.set) + len(req.delete) > self.registry.limits.max_patch:
-            raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"more than {self.registry.limits.max_patch} keys in one patch")
-        for key, expect in (req.expect or {}).items():
-            self._expect(key, expect)
-        for key, v in req.set.items():
-            self._check_stored(f"the value of {key!r}", v)
-        missing = [k for k in req.delete if k not in state.entries]
-        if missing:
-            raise RequestError(ErrorCode.NOT_FOUND, f"no keys {missing} in the session")
-        new = sum(1 for k in req.set if k not in state.entries) - len(req.delete)
-        if len(state.entries) + new > self.config.max_keys:
-            raise self._full()
-        versions = {k: state.version_of(k) + 1 for k in (*req.set, *req.delete)}
-        value = {"set": req.set, "delete": req.delete, "versions": versions}
-        assert env.caller is not None
-        seq = self._change(env.caller, now, "patch", value=value)
-        return Written(id=req.id, seq=seq, versions=versions)
-
-    def _state_reply(self, request_id: int) -> StateReply:
-        s = self.state
-        return StateReply(id=request_id, session_id=s.session_id, seq=s.seq,
-                          entries=s.wire_entries(), context=s.context,
-                          created_at=s.created_at, expires_at=s.expires_at,
-                          idle_expires_at=s.idle_expires_at)
+    async def _quiet(self) -> bool:
+        """Hibernates if quiet and unwatched; True if it did."""
+        # Connections that closed without their goodbye reaching us (a full
+        # mailbox) no longer count.
+        for cid, watcher in list(self._watchers.items()):
+            if watcher.closed:
+                self._unsubscribe(cid)
+        quiet = trio.current_time() - self.last_traffic >= self.config.hibernate_after
+        if quiet and not self._watchers and not self._batch and not self._pending \
+                and self._inbox.statistics().current_buffer_used == 0:
+            await self._hibernate()
+            return True
+        return False
 
     # ------------------------------------------------------- changes, fan-out
 
-    def _change(self, caller: Caller, now: float, op: str, *, key: str | None = None,
-                value: Any = None, version: int | None = None) -> int:
-        change = Change(session_id=self.session_id, seq=self.state.seq + 1, op=op, ts=now,
-                        channel=caller.channel, writer=caller.writer, key=key, value=value,
-                        version=version)
+    def _commit(self, change: Change) -> None:
+        """Applies a decided change; it is journaled and published by `_flush`.
+
+        Raises:
+            RequestError: `too_large`, the change would not fit in a frame.
+        """
         body = encode_body(change)
-        if len(body) > self.registry.limits.max_frame:
+        if len(body) > self._max_frame:
             raise RequestError(ErrorCode.TOO_LARGE,
                                "the change would exceed the frame limit for subscribers")
         self.state.apply(change)
         self._pending.append((change, body))
-        seq: int = change.seq
-        return seq
 
     async def _flush(self) -> None:
-        """Journals pending changes, then fans them out and acknowledges them.
+        """Journals pending changes, then publishes and acknowledges them.
 
         If the store fails, the exception ends the actor: the changes were
         never acknowledged, and the session reactivates from what is durable.
         """
         if not self._pending:
             for env, reply in self._pending_replies:
-                self._deliver(env, reply)
+                env.sink.reply(reply)
             self._pending_replies.clear()
             return
         pending, self._pending = self._pending, []
         events = [StoredEvent(c.seq, c.ts, body) for c, body in pending]
-        await self.store.append(self.meta(), events)
+        await self._store.append(self.meta(), events)
+        publish, committed = self._topic.publish, self._analytics.committed
         for change, body in pending:
-            self._history.append((change.seq, body))
-            self._published_seq = change.seq
-            self._fan_out(body, change.seq)
-            count_label(self.registry.changes_on, change.channel)
-            if change.op == "switch_complete" and change.value["success"]:
-                count_label(self.registry.switches_to, change.value["to_channel"])
+            for _cid, watcher in publish(change.seq, body):
+                lost = cast(_Watcher, watcher)
+                lost.principal.subscriptions.discard(self.session_id)
+                self._presence("leave", lost)
+            committed(change)
         replies, self._pending_replies = self._pending_replies, []
         for env, reply in replies:
-            self._deliver(env, reply)
+            env.sink.reply(reply)
         self._since_snapshot += len(pending)
         if self._since_snapshot >= self.config.snapshot_every:
             self._since_snapshot = 0
-            await self.store.save_snapshot(self.meta(), self.state.seq,
-                                           self.state.to_snapshot())
+            await self._store.save_snapshot(self.meta(), self.state.seq,
+                                            self.state.to_snapshot())
 
-    def _fan_out(self, body: bytes, seq: int) -> None:
-        lagging = [sub for sub in self._subscribers.values()
-                   if not sub.caller.outbox.push_event(body)]
-        for sub in lagging:
-            cid = sub.caller.connection_id
-            del self._subscribers[cid]
-            sub.caller.subscriptions.discard(self.session_id)
-            sub.caller.outbox.reply(Lagged(session_id=self.session_id, seq=seq - 1))
-            self._presence("leave", sub)
-
-    def _broadcast(self, message: Message) -> None:
-        body = encode_body(message)
-        for sub in list(self._subscribers.values()):
-            sub.caller.outbox.push_event(body)
-
-    def _presence(self, action: str, sub: _Subscriber) -> None:
-        if not self._subscribers:
+    def _presence(self, action: str, watcher: _Watcher) -> None:
+        if not self._watchers:
             return
-        self._broadcast(Presence(session_id=self.session_id, action=action,
-                                 connection_id=sub.caller.connection_id,
-                                 channel=sub.channel, client=sub.caller.client))
+        principal = watcher.principal
+        self._topic.broadcast(encode_body(Presence(
+            session_id=self.session_id, action=action,
+            connection_id=principal.connection_id, channel=watcher.channel,
+            client=principal.client)))
 
-    def _attach(self, env: Envelope, req: Attach, now: float) -> Attached:
-        if req.scope not in ("read", "write"):
-            raise RequestError(ErrorCode.BAD_REQUEST, "scope must be read or write")
-        self._authorize(env, req.scope)
-        caller = env.caller
-        assert caller is not None
-        recovered = self._can_replay(req.since)
-        if recovered:
-            assert req.since is not None
-            catch_up = [body for seq, body in self._history if seq > req.since]
-        else:
+    def _subscribe(self, env: Envelope, sub: Subscribe, now: float) -> None:
+        """Attaches the principal and replies `attached`, followed by the
+        replayed changes or a snapshot.
+
+        Raises:
+            RequestError: the sink cannot hold events, or the snapshot would
+                not fit in a frame.
+        """
+        sink = env.sink
+        if not isinstance(sink, EventSink):
+            raise RequestError(ErrorCode.BAD_REQUEST, "this channel cannot watch a session")
+        catch_up = self._topic.replay(sub.since)
+        recovered = catch_up is not None
+        if catch_up is None:
             s = self.state
             body = encode_body(Snapshot(
                 session_id=s.session_id, seq=s.seq, entries=s.wire_entries(),
-                context=s.context, recovered=req.since is None))
-            if len(body) > self.registry.limits.max_frame:
+                context=s.context, recovered=sub.since is None))
+            if len(body) > self._max_frame:
                 raise RequestError(
                     ErrorCode.TOO_LARGE,
                     f"the session's snapshot ({len(body)} bytes) exceeds the frame limit "
-                    f"of {self.registry.limits.max_frame}; read it key by key")
+                    f"of {self._max_frame}; read it key by key")
             catch_up = [body]
-        self.state.touch(req.channel or caller.channel, now, read=True)
-        sub = _Subscriber(caller, req.channel or caller.channel, req.scope)
-        old = self._subscribers.pop(caller.connection_id, None)
-        if old is None:
-            self._presence("join", sub)  # to the others; the joiner gets the list
-        self._subscribers[caller.connection_id] = sub
-        caller.subscriptions.add(self.session_id)
-        presence = [{"connection_id": s.caller.connection_id, "channel": s.channel,
-                     "client": s.caller.client} for s in self._subscribers.values()]
-        self._catch_up = catch_up
-        return Attached(id=req.id, session_id=self.session_id, seq=self.state.seq,
-                        recovered=recovered, scope=req.scope, presence=presence)
-
-    def _can_replay(self, since: int | None) -> bool:
-        if since is None or since > self.state.seq:
-            return False
-        if since == self.state.seq:
-            return True
-        return bool(self._history) and self._history[0][0] <= since + 1
+        self.state.touch(sub.channel, now, read=True)
+        principal = env.principal
+        cid = principal.connection_id
+        watcher = _Watcher(principal, sink, sub.channel, sub.scope)
+        if cid not in self._watchers:
+            self._presence("join", watcher)  # to the others; the joiner gets the list
+        self._topic.subscribe(cid, watcher)
+        principal.subscriptions.add(self.session_id)
+        presence = [{"connection_id": w.principal.connection_id, "channel": w.channel,
+                     "client": w.principal.client} for w in self._watchers.values()]
+        sink.reply(Attached(id=sub.request_id, session_id=self.session_id,
+                            seq=self.state.seq, recovered=recovered, scope=sub.scope,
+                            presence=presence))
+        for body in catch_up:
+            sink.reply_event(body)
 
     def _unsubscribe(self, connection_id: str) -> None:
-        sub = self._subscribers.pop(connection_id, None)
-        if sub is not None:
-            sub.caller.subscriptions.discard(self.session_id)
-            self._presence("leave", sub)
+        watcher = self._topic.unsubscribe(connection_id)
+        if watcher is not None:
+            lost = cast(_Watcher, watcher)
+            lost.principal.subscriptions.discard(self.session_id)
+            self._presence("leave", lost)
 
     # -------------------------------------------------------------- endings
 
     async def _expire(self, reason: str) -> None:
-        self._broadcast(Expired(session_id=self.session_id, reason=reason))
+        self._topic.broadcast(encode_body(Expired(session_id=self.session_id, reason=reason)))
         await self._remove(f"session {self.session_id} has expired", ErrorCode.EXPIRED,
                            reason)
 
     async def _invalidate(self, reason: str) -> None:
-        self._broadcast(Invalidated(session_id=self.session_id, reason=reason))
+        self._topic.broadcast(encode_body(Invalidated(session_id=self.session_id,
+                                                      reason=reason)))
         await self._remove(f"session {self.session_id} was invalidated", ErrorCode.EXPIRED,
                            "invalidated")
 
     async def _remove(self, message: str, code: ErrorCode, reason: str) -> None:
-        for sub in self._subscribers.values():
-            sub.caller.subscriptions.discard(self.session_id)
-        self._subscribers.clear()
-        self.registry.tombstone(self.session_id, reason)
+        for cid in list(self._watchers):
+            watcher = self._watchers[cid]
+            self._topic.unsubscribe(cid)
+            watcher.principal.subscriptions.discard(self.session_id)
+        self._tombstone(self.session_id, reason)
         self._end(code, message)
         with trio.move_on_after(30, shield=True):
-            await self.store.delete(self.session_id)
+            await self._store.delete(self.session_id)
         log.info("session %s ended (%s)", self.session_id, reason)
 
 
