@@ -21,7 +21,6 @@ from typing import Any
 import trio
 from nexus_protocol import Limits
 
-from . import __version__
 from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
@@ -31,6 +30,7 @@ from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
 from ._store import MemoryStore, Store
+from ._version import __version__
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
