@@ -101,9 +101,6 @@ class Registry:
     def active(self, session_id: str) -> SessionActor | None:
         return self._actors.get(session_id)
 
-    def actors(self) -> list[SessionActor]:
-        return list(self._actors.values())
-
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
                                   self._hibernations, self._ended)
