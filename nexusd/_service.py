@@ -58,7 +58,8 @@ _DaemonRequest = Callable[[Principal, Any], Awaitable[Message]]
 
 
 def is_session_request(request: Message) -> bool:
-    """Whether `request` is served by its session's actor."""
+    """Whether `request` is served by its session's actor: its type has a
+    row in the command table."""
     return type(request) in COMMANDS
 
 
@@ -76,6 +77,10 @@ class Call:
 
     def reply_event(self, body: bytes) -> None:
         pass  # a call never attaches: the actor refuses it a subscription
+
+    @property
+    def answered(self) -> bool:
+        return self._reply is not None
 
     async def wait(self) -> Message:
         """The reply, once given (an `error` reply for a request that failed)."""
@@ -97,7 +102,7 @@ class _Subscription:
         return self.subscriber.closed
 
     def reply(self, message: Message) -> None:
-        if not self.answer._done.is_set():
+        if not self.answer.answered:
             self.answer.reply(message)
         else:
             self.subscriber.reply(message)
@@ -141,7 +146,7 @@ class SessionService:
         session's actor has served it. A request that fails is answered with
         an `error` reply; nothing is raised."""
         try:
-            if type(request) in COMMANDS:
+            if is_session_request(request):
                 session_id: str = request.session_id  # type: ignore[attr-defined]
                 await self._registry.submit(session_id, Envelope(request, principal, sink),
                                             self._busy_timeout)
