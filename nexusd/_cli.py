@@ -31,9 +31,10 @@ _FLAG_NAMES = {"socket": "--socket", "ws": "--ws", "data": "--data"}
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexusd",
-        description="nexusd: real-time session sync daemon. One session, many channels "
-                    "(WebSocket, Unix socket, CLI, HTTP, MCP); every change journaled, "
-                    "then seen by every channel in order.",
+        description="nexusd: real-time session sync daemon. Clients reach it over a Unix "
+                    "socket and WebSocket, each on a channel it names (api, cli, web, mcp "
+                    "or any label) that the session records; every change is journaled, "
+                    "then seen by every client attached to the session, in order.",
     )
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -206,22 +207,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(config.log_level)
     log.info("nexusd %s starting (pid %d, durability %s, data %s)", __version__, os.getpid(),
              config.durability, config.data)
-    error = None
     try:
         trio.run(_serve, config)
-    except* (StoreError, KeyRingError) as group:
-        error = str(group.exceptions[0])
-    except* OSError as group:
-        error = _describe_os_error(group.exceptions[0])
-    if error is not None:
-        print(f"nexusd: error: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:  # exception groups too, however nested
+        return _report(error)
     return 0
 
 
-def _describe_os_error(err: BaseException) -> str:
-    assert isinstance(err, OSError)
-    return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+#: Errors that say what is wrong around the daemon (a port in use, a store
+#: that cannot be opened), not what is wrong in it: no traceback for them.
+_EXPECTED = (StoreError, KeyRingError, OSError)
+
+
+def _report(error: Exception) -> int:
+    """Says why the daemon could not start, or stopped: one ``nexusd: error:``
+    line on stderr naming every failure once (and the traceback of any
+    unexpected one in the log); returns the exit status."""
+    leaves = _leaves(error)
+    if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+        log.critical("stopped by an unexpected error", exc_info=error)
+    messages = dict.fromkeys(_describe(leaf) for leaf in leaves)
+    print(f"nexusd: error: {'; '.join(messages)}", file=sys.stderr)
+    return 1
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in `error`, exception groups opened at every depth."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _describe(error: BaseException) -> str:
+    """What went wrong, for a person."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    if isinstance(error, _EXPECTED):
+        return str(error) or type(error).__name__
+    return f"unexpected {type(error).__name__}: {error}"
 
 
 def _path(text: str) -> Path:

@@ -111,8 +111,9 @@ class Config:
     busy_timeout: float = attrs.field(
         default=5.0, converter=_duration,
         metadata={"help": "wait for a full session mailbox before answering busy"})
-    handshake_timeout: float = attrs.field(default=10.0, converter=_duration,
-                                           metadata={"help": "time allowed for hello"})
+    handshake_timeout: float = attrs.field(
+        default=10.0, converter=_duration,
+        metadata={"help": "time allowed for hello (and before it, the WebSocket upgrade)"})
     write_timeout: float = attrs.field(
         default=30.0, converter=_duration,
         metadata={"help": "close a connection whose client stops reading this long"})

@@ -15,6 +15,8 @@ import os
 import secrets
 import ssl
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
-from .transports._unix import StreamTransport, open_unix_listener
+from .transports._unix import open_unix_listener, serve_unix
 from .transports._websocket import serve_ws
 
 __all__ = ["Daemon", "open_store"]
@@ -82,8 +84,12 @@ class Daemon:
     """A running nexusd. Start it with `nursery.start(daemon.run)`; the value
     reported is the daemon itself, with `socket_path` and `ws_port` bound."""
 
-    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+    def __init__(self, config: Config, *, store: Store | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        """`wall` is the wall clock that deadlines are judged by (tests give
+        one that follows trio's `MockClock`, or one that jumps)."""
         self.config = config
+        self.wall = wall
         self.limits = Limits(max_frame=config.max_frame, max_key=config.max_key,
                              max_depth=config.max_depth, max_patch=config.max_patch)
         self.server_name = f"nexusd/{__version__}"
@@ -119,7 +125,7 @@ class Daemon:
         config = self.config
         if self.admin_key is None and config.ws is not None:
             self.admin_key = read_or_create_admin_key(config.data)
-        clock = self.clock = WallClock()
+        clock = self.clock = WallClock(self.wall)
         if self.store is None:
             self.store = await open_store(config)
         pid_file = config.data / PID_FILE if isinstance(self.store, SqliteStore) else None
@@ -225,23 +231,17 @@ class Daemon:
                 if not self.connections:
                     self._no_connections.set()
 
-        async def handle_stream(stream: trio.SocketStream) -> None:
-            await handle(StreamTransport(stream))
-
-        async def serve_unix(listener: trio.SocketListener,
-                             task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-            await trio.serve_listeners(handle_stream, [listener],
-                                       handler_nursery=connections, task_status=task_status)
-
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, max_frame=config.max_frame, ssl_context=tls,
+            await serve_ws(handle, host, port, max_frame=config.max_frame,
+                           handshake_timeout=config.handshake_timeout, ssl_context=tls,
                            handler_nursery=connections, task_status=task_status)
 
         if config.socket is not None:
             listener = await open_unix_listener(config.socket)
             self.socket_path = config.socket
-            await listeners.start(serve_unix, listener)
+            await listeners.start(partial(serve_unix, handle, listener,
+                                          handler_nursery=connections))
             log.info("listening on unix:%s", config.socket)
         if config.ws is not None:
             host, port = ws_address(config.ws)

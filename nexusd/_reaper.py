@@ -1,6 +1,10 @@
 """The reaper: one task that sleeps until the next deadline and expires
 sessions, absolute and idle alike.
 
+Deadlines are wall-clock times, judged by the wall clock as it reads now;
+the reaper's sleep re-reads it at least every `WALL_RECHECK` seconds, so a
+step of the clock is noticed within that bound.
+
 Active sessions' deadlines sit in a heap. Entries are never updated in place:
 when one comes due, the reaper compares it with the actor's current deadline
 (activity moves idle deadlines later) and pushes the later one back. Dormant
@@ -13,7 +17,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 import attrs
 import trio
@@ -27,6 +31,11 @@ from .session._state import EPSILON
 __all__ = ["Deadlines", "Reaper", "ReaperStatistics", "Sessions"]
 
 log = logging.getLogger("nexusd.reaper")
+
+#: The longest the reaper sleeps without reading the wall clock again, in
+#: seconds: how late an expiry can be after the wall clock steps forward
+#: (NTP, a resumed laptop). Each look costs one clock read, no store query.
+WALL_RECHECK: Final = 1.0
 
 
 @attrs.frozen
@@ -96,15 +105,31 @@ class Reaper:
             stored = await self.store.next_deadline()
             nxt = min(d.heap[0][0] if d.heap else math.inf,
                       math.inf if stored is None else stored)
-            wake_at = self.clock.to_trio(nxt)
-            if stalled or nxt <= now:
-                # An actor did not answer, or the store still lists a due
-                # session: look again shortly instead of spinning.
-                wake_at = max(wake_at, trio.current_time() + 0.1)
             d.wake = trio.Event()
             d.next_wake = nxt
-            with trio.move_on_at(wake_at):
-                await d.wake.wait()
+            # An actor did not answer, or the store still lists a due
+            # session: look again shortly instead of spinning.
+            await self._sleep_until(nxt, 0.1 if stalled or nxt <= now else 0.0)
+
+    async def _sleep_until(self, deadline: float, at_least: float) -> None:
+        """Sleeps until the wall clock reads `deadline` (and for `at_least`
+        seconds), or until `schedule` asks for an earlier look.
+
+        trio's clock is monotonic: it does not follow steps of the wall
+        clock, nor (on Linux) the time a machine spends suspended. So the
+        sleep is cut into spans of at most `WALL_RECHECK` seconds, and the
+        wall clock read again after each: a session due after a step forward
+        expires within `WALL_RECHECK` seconds of it, and after a step back
+        the reaper sleeps on (sessions are judged by the wall clock as it
+        reads, so none expires early).
+        """
+        wait = max(deadline - self.clock.now(), at_least)
+        while wait > 0:
+            with trio.move_on_after(min(wait, WALL_RECHECK)) as slept:
+                await self.deadlines.wake.wait()
+            if not slept.cancelled_caught or wait <= WALL_RECHECK:
+                return
+            wait = deadline - self.clock.now()
 
     def _reap_active(self, now: float) -> None:
         d = self.deadlines

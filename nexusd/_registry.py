@@ -25,7 +25,7 @@ from ._bus import Bus
 from ._clock import WallClock
 from ._errors import RequestError
 from ._principal import Principal
-from ._store import LoadedSession, SessionMeta, Store
+from ._store import IDLE_LAG, LoadedSession, SessionMeta, Store
 from .session._actor import (
     ActorConfig,
     ActorDeps,
@@ -154,7 +154,8 @@ class Registry:
                              metadata=req.metadata or {})
         state.touch(channel, now, read=False)
         tokens = {hash_token(token): "admin"}
-        actor = SessionActor(state, tokens, [], self._actor_config, self._deps)
+        actor = SessionActor(state, tokens, [], self._actor_config, self._deps,
+                             stored_lag=IDLE_LAG)
         await self._store.create(actor.meta(), state.to_snapshot())
         await self._start(actor)
         self._created += 1
@@ -313,6 +314,9 @@ def _restore(loaded: LoadedSession) -> SessionState:
 
     Deadlines come from the state, not the stored metadata: the journal
     knows of every write, and the metadata of reads (and may lag writes).
+    Metadata stored while the session was active may lag its reads by up to
+    `idle_lag` (the daemon stopped without hibernating it: a crash), so the
+    session is granted that much more: it may have been read that late.
     """
     if loaded.snapshot is None:
         raise RuntimeError(f"session {loaded.meta.session_id} has no snapshot")
@@ -321,5 +325,5 @@ def _restore(loaded: LoadedSession) -> SessionState:
     meta = loaded.meta
     if meta.idle_expires_at is not None and meta.idle_timeout is not None:
         state.last_activity = max(state.last_activity,
-                                  meta.idle_expires_at - meta.idle_timeout)
+                                  meta.idle_expires_at - meta.idle_timeout) + meta.idle_lag
     return state

@@ -38,6 +38,7 @@ from nexus_protocol import (
     Pong,
     Report,
     Run,
+    SessionRequest,
     Sessions,
     Stats,
 )
@@ -47,20 +48,13 @@ from ._principal import EventSink, Principal, ReplySink
 from ._registry import Registry
 from ._store import Store
 from .session._analytics import ChannelAnalytics
-from .session._commands import COMMANDS
 from .session._mailbox import Disconnect, Envelope
 
-__all__ = ["Call", "SessionService", "is_session_request"]
+__all__ = ["Call", "SessionService"]
 
 log = logging.getLogger("nexusd.service")
 
 _DaemonRequest = Callable[[Principal, Any], Awaitable[Message]]
-
-
-def is_session_request(request: Message) -> bool:
-    """Whether `request` is served by its session's actor: its type has a
-    row in the command table."""
-    return type(request) in COMMANDS
 
 
 class Call:
@@ -146,13 +140,15 @@ class SessionService:
         session's actor has served it. A request that fails is answered with
         an `error` reply; nothing is raised."""
         try:
-            if is_session_request(request):
-                session_id: str = request.session_id  # type: ignore[attr-defined]
-                await self._registry.submit(session_id, Envelope(request, principal, sink),
-                                            self._busy_timeout)
-                return
             row = self._daemon_requests.get(type(request))
             if row is None:
+                # `Run` names a session too, but the daemon answers it: the
+                # daemon's table is looked up first.
+                if isinstance(request, SessionRequest):
+                    await self._registry.submit(request.session_id,
+                                                Envelope(request, principal, sink),
+                                                self._busy_timeout)
+                    return
                 raise RequestError(ErrorCode.BAD_REQUEST, f"unexpected {request.TAG!r}")
             admin_only, serve = row
             if admin_only and not principal.admin:

@@ -16,6 +16,12 @@ acknowledged survives:
   writer thread of its own.
 - "memory": an in-memory database, nothing on disk; for tests and demos.
 
+One daemon at a time: the store holds an exclusive `flock` on
+``nexusd.lock`` in the data directory for as long as it is open (the file
+names the holder's pid). The OS drops the lock when the process dies, however
+it dies, so a `kill -9` never leaves the directory stuck; a second store (a
+second daemon) on the same directory refuses to open.
+
 Snapshots and event payloads are sealed with per-session data keys (see
 `nexusd._crypto`); metadata the reaper needs (deadlines, token hashes) stays
 in the clear so that it can be indexed. `delete` crypto-shreds: the wrapped
@@ -27,6 +33,7 @@ pages leave the WAL too.
 from __future__ import annotations
 
 import collections
+import fcntl
 import functools
 import os
 import sqlite3
@@ -51,11 +58,19 @@ from ._crypto import (
     remove_master_key,
 )
 from ._sqlite_writer import Checkpointer, TaskWriter, ThreadWriter, Writer
-from ._store import LoadedSession, SessionMeta, StoredEvent, StoreError
+from ._store import (
+    IDLE_LAG,
+    LoadedSession,
+    SessionMeta,
+    StoredEvent,
+    StoreError,
+    check_snapshot_seq,
+)
 
 __all__ = [
     "DB_FILE",
     "DURABILITIES",
+    "LOCK_FILE",
     "SqliteStore",
     "StoreError",
     "StoreStatistics",
@@ -68,13 +83,11 @@ __all__ = [
 T = TypeVar("T")
 
 DB_FILE: Final = "nexusd.db"
+LOCK_FILE: Final = "nexusd.lock"
 DURABILITIES: Final = ("memory", "process", "power")
 _APPLICATION_ID: Final = 0x6E657864  # "nexd": marks the file as ours
 _BUSY_TIMEOUT_MS: Final = 10_000
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
-# An append refreshes the stored idle deadline only once it lags by this
-# much: the journal's timestamps say the rest (see `SqliteStore.append`).
-_IDLE_LAG: Final = 10.0
 
 
 @attrs.frozen
@@ -152,8 +165,15 @@ def _schema_2(conn: sqlite3.Connection) -> None:
         END""")
 
 
+def _schema_3(conn: sqlite3.Connection) -> None:
+    # How far the stored idle deadline may lag the session's activity (see
+    # `SessionMeta.idle_lag`); rows written before it say 0, as they did.
+    conn.execute("ALTER TABLE sessions ADD COLUMN idle_lag REAL NOT NULL DEFAULT 0")
+
+
 #: Migration i brings a database from user_version i to i + 1. Append only.
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_schema_1, _schema_2)
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (
+    _schema_1, _schema_2, _schema_3)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -186,12 +206,12 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
 # -- rows -------------------------------------------------------------------
 
 _META_COLUMNS: Final = ("token_hashes, created_at, ttl, expires_at, idle_timeout, "
-                        "idle_expires_at, deadline")
+                        "idle_expires_at, deadline, idle_lag")
 _SET_META: Final = ", ".join(f"{c} = ?" for c in _META_COLUMNS.split(", "))
 _UPDATE_META: Final = f"UPDATE sessions SET {_SET_META} WHERE id = ?"
 _INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
 _INSERT_SESSION: Final = (f"INSERT INTO sessions (id, {_META_COLUMNS}, key_id, wrapped_key, "
-                          "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
+                          "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
 # The reaper's queries. Both are answered from the deadline index alone.
 DUE_SQL: Final = (f"SELECT id, {_META_COLUMNS} FROM sessions WHERE deadline <= ? "
                   "ORDER BY deadline, id LIMIT ?")
@@ -200,19 +220,20 @@ NEXT_DEADLINE_SQL: Final = "SELECT min(deadline) FROM sessions"
 
 def _meta_params(meta: SessionMeta) -> tuple[Any, ...]:
     return (msgpack.packb(meta.tokens), meta.created_at, meta.ttl, meta.expires_at,
-            meta.idle_timeout, meta.idle_expires_at, meta.deadline)
+            meta.idle_timeout, meta.idle_expires_at, meta.deadline, meta.idle_lag)
 
 
 def _fixed_meta(meta: SessionMeta) -> tuple[Any, ...]:
     """A session's metadata but for its idle deadline, for comparing."""
-    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout)
+    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout,
+            meta.idle_lag)
 
 
 def _meta_from_row(row: Sequence[Any]) -> SessionMeta:
     sid, tokens, created_at, ttl, expires_at, idle_timeout, idle_expires_at = row[:7]
     return SessionMeta(session_id=sid, created_at=created_at, ttl=ttl, expires_at=expires_at,
                        idle_timeout=idle_timeout, idle_expires_at=idle_expires_at,
-                       tokens=msgpack.unpackb(tokens))
+                       tokens=msgpack.unpackb(tokens), idle_lag=row[8])
 
 
 def new_session_row(keyring: KeyRing, meta: SessionMeta,
@@ -278,6 +299,37 @@ def _check_keys(conn: sqlite3.Connection, keyring: KeyRing) -> None:
     conn.execute("COMMIT")
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Takes the data directory's lock for this process, creating the
+    directory (mode 0700) if needed; returns the file descriptor that holds
+    the lock (closing it releases the lock).
+
+    Raises:
+        StoreError: another process holds the lock (the message names its
+            pid), or the lock file cannot be opened.
+    """
+    path = Path(data_dir) / LOCK_FILE
+    try:
+        Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        # The holder writes its pid just after taking the lock: it may not be there yet.
+        who = f"nexusd pid {holder}" if holder.isdigit() else "another nexusd"
+        raise StoreError(f"the data directory {data_dir} is in use by {who}") from None
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
                            timeout=_BUSY_TIMEOUT_MS / 1000, uri=uri)
@@ -314,8 +366,9 @@ class SqliteStore:
 
     def __init__(self, writer: Writer, readers: list[sqlite3.Connection], *,
                  keyring: KeyRing, retention_events: int, retention_seconds: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], lock: int | None = None) -> None:
         self.keyring = keyring
+        self._lock = lock  # the data directory's lock (`lock_data_dir`), held until aclose
         self.retention_events = retention_events
         self.retention_seconds = retention_seconds
         self._clock = clock
@@ -414,7 +467,7 @@ class SqliteStore:
     async def append(self, meta: SessionMeta, events: Sequence[StoredEvent]) -> None:
         """Journals `events` and updates the metadata row; returns once committed.
 
-        When only the idle deadline has moved, and by less than `_IDLE_LAG`
+        When only the idle deadline has moved, and by less than `IDLE_LAG`
         seconds since it was stored, the row is left as it is: the events'
         timestamps carry that activity, and the stored deadline is one the
         reaper checks against the journal before acting on it. An append
@@ -453,7 +506,7 @@ class SqliteStore:
         idle, stored_idle = meta.idle_expires_at, stored[1]
         if idle == stored_idle:
             return False
-        return idle is None or stored_idle is None or not 0 < idle - stored_idle < _IDLE_LAG
+        return idle is None or stored_idle is None or not 0 < idle - stored_idle < IDLE_LAG
 
     def _update_meta(self, conn: sqlite3.Connection, meta: SessionMeta) -> None:
         cur = conn.execute(_UPDATE_META, (*_meta_params(meta), meta.session_id))
@@ -477,13 +530,17 @@ class SqliteStore:
 
         Raises:
             KeyError: the session is not in the store.
+            StoreError: the store holds a later snapshot; nothing is changed.
         """
         await self._write("snapshot", functools.partial(self._save_snapshot, meta, seq, snapshot))
 
     def _save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes,
                        conn: sqlite3.Connection) -> None:
         sid = meta.session_id
-        # Meta first: it raises KeyError for an unknown session before any crypto.
+        row = conn.execute("SELECT snapshot_seq FROM sessions WHERE id = ?", (sid,)).fetchone()
+        if row is None:
+            raise KeyError(f"session {sid} is not in the store")
+        check_snapshot_seq(sid, seq, row[0])
         self._update_meta(conn, meta)
         sealed = self._cipher(conn, sid).seal("snapshot", seq, snapshot)
         conn.execute("UPDATE sessions SET snapshot = ?, snapshot_seq = ? WHERE id = ?",
@@ -583,7 +640,7 @@ class SqliteStore:
             return None
         self._sessions_read += 1
         meta = _meta_from_row(row)
-        key_id, wrapped, sealed, snapshot_seq = row[8:]
+        key_id, wrapped, sealed, snapshot_seq = row[9:]
         cipher = self.keyring.cipher(session_id, key_id, wrapped)
         snapshot = cipher.open("snapshot", snapshot_seq, sealed)
         history: list[StoredEvent] = []
@@ -637,6 +694,11 @@ class SqliteStore:
                 conn = await self._idle_readers.receive()
                 await trio.to_thread.run_sync(conn.close)
             await self._writer.stop()
+            if self._lock is not None:
+                # Emptied first: a pid left in the file names a holder that died.
+                os.ftruncate(self._lock, 0)
+                os.close(self._lock)
+                self._lock = None
 
 
 def _in_read_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
@@ -675,7 +737,8 @@ async def open_sqlite_store(
 
     Raises:
         StoreError: the database cannot be opened, is newer than this nexusd,
-            or does not match the master keys.
+            or does not match the master keys; or another process (a second
+            daemon) has the data directory open.
         KeyRingError: the key ring is malformed or unsafe.
     """
     if durability not in DURABILITIES:
@@ -690,8 +753,7 @@ async def open_sqlite_store(
             ring = keyring or KeyRing.generate()
             target = ":memory:"
         else:
-            assert data_dir is not None
-            Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            assert data_dir is not None and lock is not None
             target = str(Path(data_dir) / DB_FILE)
             # A missing key file is made afresh only for a new database: beside
             # an existing one it would be the wrong key, and saying so is clearer.
@@ -721,11 +783,21 @@ async def open_sqlite_store(
             raise
         return conn, pool, ring, checkpointer
 
-    conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
+    lock: int | None = None
+    if durability != "memory":
+        assert data_dir is not None
+        # Before anything is read: a second daemon must not even look.
+        lock = await trio.to_thread.run_sync(lock_data_dir, Path(data_dir))
+    try:
+        conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
     writer: Writer = (ThreadWriter(conn) if durability == "power"
                        else TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
-                       retention_seconds=retention_seconds, clock=clock)
+                       retention_seconds=retention_seconds, clock=clock, lock=lock)
 
 
 # -- `nexusd keys ...` --------------------------------------------------------

@@ -14,23 +14,50 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
 __all__ = [
+    "IDLE_LAG",
     "LoadedSession",
     "MemoryStore",
     "SessionMeta",
     "Store",
     "StoreError",
     "StoredEvent",
+    "check_snapshot_seq",
 ]
+
+
+#: The most by which an active session's stored idle deadline may lag its
+#: activity, in seconds. The actor stores the metadata of a session in use
+#: only once its activity has moved that far past what the store knows
+#: (a write's event carries its time anyway), so that reads cost no commit;
+#: the stored `SessionMeta.idle_lag` says so, and a session recovered after a
+#: crash is given that much more idle time rather than expired early.
+IDLE_LAG: Final = 10.0
 
 
 class StoreError(Exception):
     """The store cannot do what was asked: it cannot be opened, does not
     match its keys, or the disk failed a commit."""
+
+
+def check_snapshot_seq(session_id: str, seq: int, stored: int) -> None:
+    """Refuses a snapshot at `seq` over one stored at the later seq `stored`.
+
+    An older snapshot would lose changes: the events between the two may
+    have left the journal, so they could not replay onto it. (A snapshot at
+    or after the stored one is consistent: events after it stay and replay.)
+
+    Raises:
+        StoreError: `seq` is below `stored`.
+    """
+    if seq < stored:
+        raise StoreError(f"session {session_id}: refusing a snapshot at seq {seq}, older "
+                         f"than the stored one at seq {stored} (written by another daemon "
+                         "on the same data?)")
 
 
 @attrs.frozen
@@ -48,20 +75,25 @@ class SessionMeta:
     idle_timeout: float | None
     idle_expires_at: float | None
     tokens: dict[str, str] = attrs.field(factory=dict, eq=False)
+    #: How much later than `idle_expires_at` the session may really be idle:
+    #: IDLE_LAG while an actor has it (its activity is stored lazily), 0 for
+    #: the exact deadline it stores as it hibernates.
+    idle_lag: float = 0.0
 
     @property
     def deadline(self) -> float:
-        """The earlier of the absolute and the idle deadline."""
+        """The earlier of the absolute and the idle deadline (with its lag):
+        the session is not due before it."""
         if self.idle_expires_at is None:
             return self.expires_at
-        return min(self.expires_at, self.idle_expires_at)
+        return min(self.expires_at, self.idle_expires_at + self.idle_lag)
 
     def expiry_reason(self, now: float) -> str | None:
         """"ttl" or "idle" if the session is past a deadline at `now`, else None."""
         now += 1e-6  # as SessionState.expiry_reason: tolerate float rounding
         if now >= self.expires_at:
             return "ttl"
-        if self.idle_expires_at is not None and now >= self.idle_expires_at:
+        if self.idle_expires_at is not None and now >= self.idle_expires_at + self.idle_lag:
             return "idle"
         return None
 
@@ -109,7 +141,12 @@ class Store(Protocol):
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         """Stores the state as of `seq`; events up to `seq` become history,
-        kept as far as the retention window allows."""
+        kept as far as the retention window allows.
+
+        Raises:
+            KeyError: the session is not in the store.
+            StoreError: the store holds a later snapshot; nothing is changed.
+        """
 
     async def delete(self, session_id: str) -> None:
         """Removes the session and makes its data unrecoverable."""
@@ -182,6 +219,7 @@ class MemoryStore:
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         r = self._records[meta.session_id]
+        check_snapshot_seq(meta.session_id, seq, r.snapshot_seq)
         done = [e for e in r.events if e.seq <= seq]
         r.events = [e for e in r.events if e.seq > seq]
         r.history = (r.history + done)[-self.retention:]

@@ -40,7 +40,7 @@ from .._bus import Bus
 from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import EventSink, Principal
-from .._store import SessionMeta, Store, StoredEvent
+from .._store import IDLE_LAG, SessionMeta, Store, StoredEvent
 from ._access import authorize
 from ._analytics import ChannelAnalytics
 from ._commands import (
@@ -131,7 +131,10 @@ class SessionActor:
 
     def __init__(self, state: SessionState, tokens: dict[str, str],
                  history: Iterable[tuple[int, bytes]], config: ActorConfig,
-                 deps: ActorDeps) -> None:
+                 deps: ActorDeps, *, stored_lag: float = 0.0) -> None:
+        """`stored_lag` is the `idle_lag` of the metadata stored for `state`
+        (a state restored from the store has that lag in its last activity
+        already: 0)."""
         self.config = config
         self.state = state
         self.tokens = tokens
@@ -153,6 +156,9 @@ class SessionActor:
         # actor ends part-way through a batch.
         self._batch: deque[MailItem] = deque()
         self._since_snapshot = 0
+        # The latest activity a recovery would grant the session from what
+        # the store holds: activity past it is stored before its replies leave.
+        self._covered = state.last_activity + stored_lag
         self.last_traffic = trio.current_time()  # the registry's hibernator reads it
         self.ended = False
 
@@ -255,13 +261,19 @@ class SessionActor:
                     if not await self._handle(self._batch.popleft()):
                         return
                 await self._flush()
+                if self.state.idle_timeout is not None \
+                        and self.state.last_activity > self._covered:
+                    # Reads moved the idle deadline past what a recovery
+                    # would grant: store it (once per IDLE_LAG at most).
+                    await self._store_meta()
             finally:
                 self._batch_scope.release()
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
         with trio.move_on_after(30, shield=True):
-            await self._store.save_snapshot(self.meta(), self.state.seq,
+            # The exact deadline: no actor lags it any more.
+            await self._store.save_snapshot(meta_of(self.state, self.tokens), self.state.seq,
                                             self.state.to_snapshot())
         log.debug("session %s hibernated at seq %d", self.session_id, self.state.seq)
 
@@ -291,12 +303,26 @@ class SessionActor:
 
     def _fail(self, item: MailItem, error: RequestError) -> None:
         if type(item) is Envelope:
-            item.sink.reply(error.reply(getattr(item.request, "id", None)))
+            item.sink.reply(error.reply(item.request.id))
         elif type(item) is CheckExpiry:
             item.ask.resolve(error=error)
 
     def meta(self) -> SessionMeta:
-        return meta_of(self.state, self.tokens)
+        """The metadata to store while the session is active: its idle
+        deadline may lag by IDLE_LAG (see `_covered`)."""
+        return meta_of(self.state, self.tokens, IDLE_LAG)
+
+    async def _store_meta(self) -> None:
+        """Stores the metadata as it is now (an append without events)."""
+        meta = self.meta()
+        await self._store.append(meta, [])
+        self._stored(meta)
+
+    def _stored(self, meta: SessionMeta) -> None:
+        """Notes that the store holds `meta` (or later)."""
+        if meta.idle_expires_at is not None and meta.idle_timeout is not None:
+            self._covered = max(self._covered,
+                                meta.idle_expires_at - meta.idle_timeout + meta.idle_lag)
 
     # ---------------------------------------------------------- dispatching
 
@@ -318,7 +344,7 @@ class SessionActor:
         if type(item) is CheckExpiry:
             await self._flush()
             with trio.move_on_after(30, shield=True):
-                await self._store.append(self.meta(), [])
+                await self._store_meta()
             self._schedule(self.session_id, self.state.deadline)
             item.ask.resolve()
             return True
@@ -355,7 +381,7 @@ class SessionActor:
             if decision.effect is not None:
                 return await self._carry_out(env, decision.effect, reply, now)
         except RequestError as exc:
-            reply = exc.reply(getattr(req, "id", None))
+            reply = exc.reply(req.id)
         assert reply is not None
         if write:
             self._pending_replies.append((env, reply))
@@ -382,7 +408,7 @@ class SessionActor:
             # Not a change, but the new token must be durable before it is shown.
             token = cast(AddToken, effect)
             self.tokens = {**self.tokens, token.digest: token.scope}
-            await self._store.append(self.meta(), [])
+            await self._store_meta()
         elif kind is End:
             await self._invalidate(cast(End, effect).reason)
             env.sink.reply(reply)
@@ -433,6 +459,8 @@ class SessionActor:
         pending, self._pending = self._pending, []
         events = [StoredEvent(c.seq, c.ts, body) for c, body in pending]
         await self._store.append(self.meta(), events)
+        # The journal holds these times, and a recovery adds IDLE_LAG to them.
+        self._covered = max(self._covered, events[-1].ts + IDLE_LAG)
         publish, committed = self._topic.publish, self._analytics.committed
         for change, body in pending:
             for _cid, watcher in publish(change.seq, body):
@@ -446,8 +474,9 @@ class SessionActor:
         self._since_snapshot += len(pending)
         if self._since_snapshot >= self.config.snapshot_every:
             self._since_snapshot = 0
-            await self._store.save_snapshot(self.meta(), self.state.seq,
-                                            self.state.to_snapshot())
+            meta = self.meta()
+            await self._store.save_snapshot(meta, self.state.seq, self.state.to_snapshot())
+            self._stored(meta)
 
     def _presence(self, action: str, watcher: _Watcher) -> None:
         if not self._watchers:
@@ -536,10 +565,10 @@ _REPLAY_LIMITS: Final = Limits(max_frame=0xFFFF_FFFF, max_key=1 << 20, max_depth
                                max_patch=1 << 30)
 
 
-def meta_of(s: SessionState, tokens: dict[str, str]) -> SessionMeta:
+def meta_of(s: SessionState, tokens: dict[str, str], idle_lag: float = 0.0) -> SessionMeta:
     """What the store indexes about the session in state `s`."""
     return SessionMeta(s.session_id, s.created_at, s.ttl, s.expires_at, s.idle_timeout,
-                       s.idle_expires_at, tokens)
+                       s.idle_expires_at, tokens, idle_lag)
 
 
 def replay_events(state: SessionState, events: Iterable[StoredEvent]) -> None:

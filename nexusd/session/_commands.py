@@ -36,6 +36,7 @@ from nexus_protocol import (
     Renew,
     Renewed,
     Report,
+    SessionRequest,
     Set,
     StateReply,
     Summary,
@@ -264,11 +265,18 @@ def _update_context(state: SessionState, req: UpdateContext, ctx: Context) -> De
 
 
 def _switch_begin(state: SessionState, req: SwitchBegin, ctx: Context) -> Decision:
+    current = state.context.get("current_channel")
+    if req.from_channel is not None and req.from_channel != current:
+        # A switch begins where the session is; a client that thinks
+        # otherwise has missed a change.
+        raise RequestError(
+            ErrorCode.CONFLICT, f"the session's current channel is {current!r}, "
+                                f"not {req.from_channel!r}: cannot switch from it")
     _check_stored(ctx, "context", req.context, room=1)
     transition_id = new_token()[4:20]
     transition = {
         "transition_id": transition_id,
-        "from_channel": req.from_channel or state.context.get("current_channel"),
+        "from_channel": current,
         "to_channel": req.to_channel,
         "reason": req.reason or "user_requested",
         "context": req.context or {},
@@ -358,7 +366,7 @@ def _invalidate(state: SessionState, req: Invalidate, ctx: Context) -> Decision:
     return Decision(Ok(id=req.id), effect=End(req.reason or ""))
 
 
-COMMANDS: Final[dict[type[Message], Command]] = {
+COMMANDS: Final[dict[type[SessionRequest], Command]] = {
     Set: Command(_set, "write", write=True),
     Delete: Command(_delete, "write", write=True),
     Patch: Command(_patch, "write", write=True),

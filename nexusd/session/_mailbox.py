@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 import trio
-from nexus_protocol import Message
+from nexus_protocol import SessionRequest
 
 from .._errors import RequestError
 from .._principal import Principal, ReplySink
@@ -25,7 +25,7 @@ __all__ = ["Ask", "CheckExpiry", "Disconnect", "Envelope", "MailItem", "Quiet"]
 class Envelope:
     """A request from `principal`, answered into `sink`."""
 
-    request: Message
+    request: SessionRequest
     principal: Principal
     sink: ReplySink
 

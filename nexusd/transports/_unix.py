@@ -16,7 +16,9 @@ from pathlib import Path
 import trio
 from nexus_protocol import Framing
 
-__all__ = ["StreamTransport", "open_unix_listener"]
+from ._common import Handler, in_use, run_alone
+
+__all__ = ["StreamTransport", "open_unix_listener", "serve_unix"]
 
 log = logging.getLogger("nexusd.transport")
 
@@ -84,7 +86,7 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
         except OSError:
             path.unlink()  # stale: nobody is listening
         else:
-            raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+            raise OSError(errno.EADDRINUSE, in_use(str(path)))
         finally:
             probe.close()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -96,3 +98,19 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
     os.chmod(path, 0o600)
     sock.listen(socket.SOMAXCONN)
     return trio.SocketListener(sock)
+
+
+async def serve_unix(handler: Handler, listener: trio.SocketListener, *,
+                     handler_nursery: trio.Nursery,
+                     task_status: trio.TaskStatus[list[trio.SocketListener]]
+                     = trio.TASK_STATUS_IGNORED) -> None:
+    """Serves `listener`'s connections in `handler_nursery`, handing each
+    `StreamTransport` to `handler`."""
+
+    async def connection(stream: trio.SocketStream) -> None:
+        async def run() -> None:
+            await handler(StreamTransport(stream))
+        await run_alone("unix", run)
+
+    await trio.serve_listeners(connection, [listener], handler_nursery=handler_nursery,
+                               task_status=task_status)

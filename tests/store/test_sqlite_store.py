@@ -95,6 +95,26 @@ async def test_bad_durability_arguments(tmp_path: Path) -> None:
         await open_sqlite_store(None, durability="process")
 
 
+async def test_one_store_at_a_time_on_a_data_directory(tmp_path: Path,
+                                                        keyring: KeyRing) -> None:
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    await store.create(make_meta("s"), b"s0")
+    try:
+        for durability in ("process", "power"):
+            with pytest.raises(StoreError, match=f"^the data directory {tmp_path} is in use "
+                                                 f"by nexusd pid {os.getpid()}$"):
+                await open_sqlite_store(tmp_path, durability=durability, keyring=keyring)
+        assert await store.count() == 1  # the refused opens changed nothing
+        # A store in memory has no directory to share.
+        await (await open_sqlite_store(None, durability="memory")).aclose()
+    finally:
+        await store.aclose()
+    # Closed, the lock is free: the next store opens.
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    assert await store.count() == 1
+    await store.aclose()
+
+
 async def test_data_dir_is_created_private(tmp_path: Path) -> None:
     data_dir = tmp_path / "deep" / "data"
     store = await open_sqlite_store(data_dir)
@@ -449,7 +469,8 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     row, cipher = new_session_row(keyring, meta, b"old state")
     with raw_db(tmp_path) as conn:
         migrate(conn, target=1)
-        conn.execute(_INSERT_SESSION, row)
+        v1_row = row[:8] + row[9:]  # no idle_lag yet (schema 3)
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)", v1_row)
         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
                      ("old", 1, NOW, cipher.seal("event", 1, b"old change")))
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -458,6 +479,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     try:
         loaded = await store.load("old")
         assert loaded is not None and loaded.snapshot == b"old state"
+        assert loaded.meta.idle_lag == 0.0  # its stored deadline was exact, as before
         assert [e.payload for e in loaded.events] == [b"old change"]
         assert await store.count() == 1  # the v2 counter starts from the existing rows
         await store.create(make_meta("new"), b"")
@@ -466,7 +488,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     finally:
         await store.aclose()
     with raw_db(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path, keyring: KeyRing) -> None:
