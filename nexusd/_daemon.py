@@ -23,19 +23,24 @@ from typing import Any
 import trio
 from nexus_protocol import Limits
 
-from . import __version__
-from ._actor import ActorConfig
 from ._auth import new_admin_key
+from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
 from ._crypto import KeyRingError
-from ._handler import ConnectionHandler, Transport
-from ._outbox import Flusher
-from ._reaper import Reaper
+from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
+from ._service import SessionService
 from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
 from ._store import MemoryStore, Store
-from ._transports import open_unix_listener, serve_unix, serve_ws
+from ._version import __version__
+from .session._actor import ActorConfig
+from .session._analytics import ChannelAnalytics
+from .session._commands import CommandLimits
+from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
+from .transports._outbox import Flusher
+from .transports._unix import open_unix_listener, serve_unix
+from .transports._websocket import serve_ws
 
 __all__ = ["Daemon", "open_store"]
 
@@ -102,8 +107,12 @@ class Daemon:
         self._no_connections = trio.Event()
         self._started_at = 0.0
         self._started_wall = 0.0
+        self.bus = LocalBus(retention=config.retention)
+        self.analytics = ChannelAnalytics()
+        self.clock: WallClock  # made in `run`, from trio's clock
         self.registry: Registry
         self.reaper: Reaper
+        self.service: SessionService
 
     def stop(self) -> None:
         """Begins the orderly shutdown; `run` returns when it is done."""
@@ -118,7 +127,7 @@ class Daemon:
         config = self.config
         if self.admin_key is None and config.ws is not None:
             self.admin_key = read_or_create_admin_key(config.data)
-        clock = WallClock(self.wall)
+        clock = self.clock = WallClock(self.wall)
         if self.store is None:
             self.store = await open_store(config)
         pid_file = config.data / PID_FILE if isinstance(self.store, SqliteStore) else None
@@ -128,15 +137,23 @@ class Daemon:
         self._started_wall = time.time()
         try:
             async with trio.open_nursery() as actors:
+                deadlines = Deadlines()
                 self.registry = Registry(
-                    self.store, clock, self.limits,
-                    SessionPolicy(config.default_ttl, config.max_ttl, config.default_idle),
-                    ActorConfig(mailbox_size=config.mailbox_size,
-                                hibernate_after=config.hibernate_after,
-                                retention=config.retention, max_keys=config.max_keys,
-                                max_ttl=config.max_ttl),
-                    actors, self.flusher)
-                self.reaper = self.registry.reaper = Reaper(self.registry, self.store, clock)
+                    store=self.store, clock=clock, bus=self.bus, batch=self.flusher,
+                    analytics=self.analytics,
+                    limits=CommandLimits(max_depth=config.max_depth,
+                                         max_patch=config.max_patch,
+                                         max_keys=config.max_keys, max_ttl=config.max_ttl),
+                    max_frame=config.max_frame,
+                    policy=SessionPolicy(config.default_ttl, config.max_ttl,
+                                         config.default_idle),
+                    actor_config=ActorConfig(mailbox_size=config.mailbox_size,
+                                             hibernate_after=config.hibernate_after),
+                    schedule=deadlines.schedule, nursery=actors)
+                self.reaper = Reaper(deadlines, self.registry, self.store, clock)
+                self.service = SessionService(registry=self.registry, store=self.store,
+                                              analytics=self.analytics, stats=self.stats,
+                                              busy_timeout=config.busy_timeout)
                 async with trio.open_nursery() as services:
                     self._services = services
                     await services.start(self.reaper.run)
@@ -197,8 +214,14 @@ class Daemon:
         """Starts each listener in `listeners`; connections run in `connections`."""
         config = self.config
 
+        settings = ConnectionSettings(
+            server_name=self.server_name, limits=self.limits,
+            check_admin_key=self.check_admin_key, queue_size=config.queue_size,
+            max_in_flight=config.max_in_flight, handshake_timeout=config.handshake_timeout,
+            write_timeout=config.write_timeout)
+
         async def handle(transport: Transport) -> None:
-            handler = ConnectionHandler(self, transport)
+            handler = ConnectionHandler(self.service, settings, self.flusher, transport)
             self.connections[handler.connection_id] = handler
             self._connections_by_kind[transport.kind] += 1
             try:
@@ -263,13 +286,10 @@ class Daemon:
             "sessions_ended": r.ended,
             "connections": len(self.connections),
             "connections_by_transport": kinds,
-            "subscribers": r.subscribers,
+            "subscribers": self.bus.statistics().subscribers,
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port},
         }
-
-    def analytics(self) -> dict[str, Any]:
-        return self.registry.analytics()
 
 
 def _bracket(host: str) -> str:

@@ -12,23 +12,32 @@ import heapq
 import itertools
 import logging
 import weakref
-from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final, Literal
 
 import attrs
 import trio
-from nexus_protocol import Create, Created, ErrorCode, Limits
+from nexus_protocol import Create, Created, ErrorCode
 
-from ._actor import ActorConfig, Caller, Envelope, Quiet, SessionActor, meta_of, replay_events
 from ._auth import hash_token, new_session_id, new_token
+from ._bus import Bus
 from ._clock import WallClock
 from ._errors import RequestError
-from ._outbox import Flusher
-from ._state import SessionState, count_label
+from ._principal import Principal
 from ._store import IDLE_LAG, LoadedSession, SessionMeta, Store
-
-if TYPE_CHECKING:
-    from ._reaper import Reaper
+from .session._actor import (
+    ActorConfig,
+    ActorDeps,
+    BatchScope,
+    SessionActor,
+    meta_of,
+    replay_events,
+)
+from .session._analytics import ChannelAnalytics
+from .session._commands import CommandLimits
+from .session._mailbox import MailItem, Quiet
+from .session._state import SessionState
 
 __all__ = ["Registry", "RegistryStatistics", "SessionPolicy"]
 
@@ -59,20 +68,29 @@ class RegistryStatistics:
     activations: int
     hibernations: int
     ended: int
-    subscribers: int
 
 
 class Registry:
-    def __init__(self, store: Store, clock: WallClock, limits: Limits, policy: SessionPolicy,
-                 actor_config: ActorConfig, nursery: trio.Nursery,
-                 flusher: Flusher | None = None) -> None:
-        self.store = store
-        self.flusher = flusher or Flusher()
-        self.clock = clock
-        self.limits = limits
-        self.policy = policy
-        self.actor_config = actor_config
-        self.reaper: Reaper  # set by the daemon before any request
+    """The active sessions' actors, made with what they use.
+
+    `schedule(session_id, deadline)` tells the reaper when to look at a
+    session; `batch` is held by each actor while it serves a batch.
+    """
+
+    def __init__(self, *, store: Store, clock: WallClock, bus: Bus, batch: BatchScope,
+                 analytics: ChannelAnalytics, limits: CommandLimits, max_frame: int,
+                 policy: SessionPolicy, actor_config: ActorConfig,
+                 schedule: Callable[[str, float], None], nursery: trio.Nursery) -> None:
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._actor_config = actor_config
+        self._analytics = analytics
+        self._schedule = schedule
+        self._deps = ActorDeps(store=store, clock=clock, bus=bus, batch=batch,
+                               analytics=analytics, limits=limits, max_frame=max_frame,
+                               schedule=schedule, forget=self._forget,
+                               tombstone=self._tombstone)
         self._nursery = nursery
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, trio.Event] = {}
@@ -82,47 +100,23 @@ class Registry:
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
-        # Watchers attached to active sessions, kept by the actors as they
-        # change: `stats` never sums over every session.
-        self.subscribers = 0
-        # Daemon-wide analytics since start: channel label -> count.
-        self.created_on: Counter[str] = Counter()
-        self.changes_on: Counter[str] = Counter()
-        self.switches_to: Counter[str] = Counter()
 
     # ------------------------------------------------------------- lookups
 
     def active(self, session_id: str) -> SessionActor | None:
         return self._actors.get(session_id)
 
-    def actors(self) -> list[SessionActor]:
-        return list(self._actors.values())
-
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
-                                  self._hibernations, self._ended, self.subscribers)
+                                  self._hibernations, self._ended)
 
-    def analytics(self) -> dict[str, Any]:
-        """Channel usage across sessions since the daemon started."""
-        switches = sum(self.switches_to.values())
-        return {
-            "sessions_created_by_channel": dict(self.created_on),
-            "changes_by_channel": dict(self.changes_on),
-            "channel_switches": switches,
-            "channel_distribution": {
-                c: {"count": n, "percentage": 100.0 * n / switches}
-                for c, n in self.switches_to.items()},
-            "most_popular_channel": (self.switches_to.most_common(1)[0][0]
-                                     if switches else None),
-        }
-
-    def forget(self, actor: SessionActor) -> None:
+    def _forget(self, actor: SessionActor) -> None:
         """Called by an actor as it ends; later requests activate it anew."""
         if self._actors.get(actor.session_id) is actor:
             del self._actors[actor.session_id]
             self._hibernations += 1
 
-    def tombstone(self, session_id: str, reason: str) -> None:
+    def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
@@ -147,32 +141,39 @@ class Registry:
                                f"{name} must be in (0, {maximum:g}] seconds, not {value:g}")
         return value
 
-    async def create(self, caller: Caller, req: Create) -> Created:
-        p = self.policy
+    async def create(self, principal: Principal, req: Create) -> Created:
+        """Creates a session on `principal`'s channel (unless the request
+        names one); `principal` holds its admin scope.
+
+        Raises:
+            RequestError: `bad_request` for a ttl or idle timeout out of bounds.
+        """
+        p = self._policy
         ttl = self._duration("ttl", req.ttl, p.default_ttl, p.max_ttl)
         assert ttl is not None
         idle = self._duration("idle_timeout", req.idle_timeout, p.default_idle, p.max_ttl)
-        channel = req.channel or caller.channel
-        now = self.clock.now()
+        channel = req.channel or principal.channel
+        now = self._clock.now()
         sid, token = new_session_id(), new_token()
         state = SessionState(sid, now, channel, ttl, now + ttl, idle, user_id=req.user_id,
                              metadata=req.metadata or {})
         state.touch(channel, now, read=False)
         tokens = {hash_token(token): "admin"}
-        actor = SessionActor(self, state, tokens, [], self.actor_config, stored_lag=IDLE_LAG)
-        await self.store.create(actor.meta(), state.to_snapshot())
+        actor = SessionActor(state, tokens, [], self._actor_config, self._deps,
+                             stored_lag=IDLE_LAG)
+        await self._store.create(actor.meta(), state.to_snapshot())
         await self._start(actor)
         self._created += 1
-        count_label(self.created_on, channel)
-        caller.remember(sid, "admin")
+        self._analytics.session_created(channel)
+        principal.remember(sid, "admin")
         return Created(id=req.id, session_id=sid, token=token, seq=0, expires_at=state.expires_at,
                        idle_timeout=idle)
 
     async def _start(self, actor: SessionActor) -> None:
         await self._nursery.start(actor.run)
         self._actors[actor.session_id] = actor
-        self.reaper.schedule(actor.session_id, actor.deadline)
-        self._watch_quiet(actor, trio.current_time() + self.actor_config.hibernate_after)
+        self._schedule(actor.session_id, actor.deadline)
+        self._watch_quiet(actor, trio.current_time() + self._actor_config.hibernate_after)
 
     def _watch_quiet(self, actor: SessionActor, due: float) -> None:
         # A weak reference: an actor that ended is not kept alive by its entry.
@@ -219,11 +220,11 @@ class Registry:
         actor = ref()
         if actor is None or actor.ended:
             return False
-        after = self.actor_config.hibernate_after
+        after = self._actor_config.hibernate_after
         if actor.last_traffic + after > now:
             self._watch_quiet(actor, actor.last_traffic + after)
             return False
-        told = actor.may_hibernate() and actor.send_nowait(Envelope(Quiet()))
+        told = actor.may_hibernate() and actor.send_nowait(Quiet())
         if not actor.ended:  # it may have traffic before it handles the Quiet
             self._watch_quiet(actor, now + after)
         return told
@@ -255,23 +256,24 @@ class Registry:
         if session_id in self._tombstones:
             # Ended: its store rows may still be on their way out.
             raise self._gone(session_id)
-        loaded = await self.store.load(session_id)
+        loaded = await self._store.load(session_id)
         if loaded is None:
             raise self._gone(session_id)
         state = _restore(loaded)
-        reason = state.expiry_reason(self.clock.now())
+        reason = state.expiry_reason(self._clock.now())
         if reason is not None:
-            await self.store.delete(session_id)
-            self.tombstone(session_id, reason)
+            await self._store.delete(session_id)
+            self._tombstone(session_id, reason)
             raise self._gone(session_id)
         history = [(e.seq, e.payload) for e in (*loaded.history, *loaded.events)]
-        actor = SessionActor(self, state, dict(loaded.meta.tokens), history, self.actor_config)
+        actor = SessionActor(state, dict(loaded.meta.tokens), history, self._actor_config,
+                             self._deps)
         await self._start(actor)
         self._activations += 1
         return actor
 
-    async def submit(self, session_id: str, envelope: Envelope, patience: float) -> None:
-        """Queues a request for the session's actor, activating it if needed.
+    async def submit(self, session_id: str, item: MailItem, patience: float) -> None:
+        """Queues `item` for the session's actor, activating it if needed.
 
         Raises:
             RequestError: `not_found`, `expired`, or `busy`.
@@ -279,7 +281,7 @@ class Registry:
         for _ in range(8):
             actor = await self.actor_for(session_id)
             try:
-                await actor.send(envelope, patience)
+                await actor.send(item, patience)
                 return
             except trio.ClosedResourceError:
                 continue  # it ended between lookup and send; activate anew
@@ -299,18 +301,18 @@ class Registry:
             return "active"
         done = self._activating[sid] = trio.Event()
         try:
-            loaded = await self.store.load(sid)
+            loaded = await self._store.load(sid)
             if loaded is None:
                 return "kept"
             state = _restore(loaded)
-            reason = state.expiry_reason(self.clock.now())
+            reason = state.expiry_reason(self._clock.now())
             if reason is None:
                 # Its journal shows later activity than the stored deadline
                 # (the store refreshes that lazily): store the right one.
-                await self.store.append(meta_of(state, loaded.meta.tokens), [])
+                await self._store.append(meta_of(state, loaded.meta.tokens), [])
                 return "kept"
-            await self.store.delete(sid)
-            self.tombstone(sid, reason)
+            await self._store.delete(sid)
+            self._tombstone(sid, reason)
             log.info("session %s expired while dormant (%s)", sid, reason)
             return "expired"
         finally:

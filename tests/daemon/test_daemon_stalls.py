@@ -12,9 +12,9 @@ import trio
 from raw_client import connect_unix
 
 from nexusd import Daemon
-from nexusd._actor import SessionActor
-from nexusd._handler import DETACH_PER_TURN
 from nexusd._registry import QUIET_PER_TURN
+from nexusd._service import DETACH_PER_TURN
+from nexusd.session._actor import SessionActor
 
 SESSIONS = 300
 
@@ -36,10 +36,10 @@ async def told(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Counter[tuple[s
     counts: Counter[tuple[str, int]] = Counter()
     send_nowait = SessionActor.send_nowait
 
-    def counted(actor: SessionActor, envelope: object) -> bool:
-        sent = send_nowait(actor, envelope)  # type: ignore[arg-type]
+    def counted(actor: SessionActor, item: object) -> bool:
+        sent = send_nowait(actor, item)  # type: ignore[arg-type]
         if sent:
-            counts[type(envelope.request).__name__, turns.turn] += 1  # type: ignore[attr-defined]
+            counts[type(item).__name__, turns.turn] += 1
         return sent
 
     monkeypatch.setattr(SessionActor, "send_nowait", counted)
@@ -65,7 +65,7 @@ async def _watched_sessions_left_together(daemon: Daemon) -> float:
             attached = await w.call(p.Attach, session_id=created.session_id,
                                     token=created.token)
             assert isinstance(attached, p.Attached)
-        assert daemon.registry.statistics().subscribers == SESSIONS
+        assert daemon.bus.statistics().subscribers == SESSIONS
     return trio.current_time()
 
 
@@ -92,8 +92,7 @@ async def test_a_connection_watching_many_sessions_detaches_over_many_turns(
     per_turn = _per_turn(told, "Disconnect")
     assert sum(per_turn) == SESSIONS
     assert max(per_turn) == DETACH_PER_TURN
-    assert daemon.registry.statistics().subscribers == 0
-    assert all(a.subscriber_count == 0 for a in daemon.registry.actors())
+    assert daemon.bus.statistics().subscribers == 0
 
 
 @pytest.mark.daemon_config(default_idle=60.0)

@@ -39,11 +39,11 @@ from raw_client import (
 from trio.testing import MockClock
 
 from nexusd import Config, Daemon
-from nexusd._actor import meta_of
 from nexusd._auth import hash_token
 from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
-from nexusd._state import SessionState
 from nexusd._store import IDLE_LAG, SessionMeta, StoredEvent
+from nexusd.session._actor import meta_of
+from nexusd.session._state import SessionState
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ async def test_dormant_sessions_expire_at_their_deadline(
     config = make_config(data, socket_dir, ws=None, durability="process", hibernate_after=0.3)
     async with run_daemon(config) as daemon:
         assert daemon.socket_path is not None
-        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
+        store, wall, reaper = _sqlite(daemon), daemon.clock, daemon.reaper
         async with connect_unix(daemon.socket_path) as c:
             by_ttl = await _create(c, ttl=600, idle_timeout=3000)
             by_idle = await _create(c, ttl=3600, idle_timeout=300)
@@ -187,7 +187,7 @@ async def test_many_dormant_sessions_cost_the_reaper_nothing_until_a_deadline(
     data = tmp_path / "data"
     ids = await _insert_dormant(data, time.time())
     async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
-        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
+        store, wall, reaper = _sqlite(daemon), daemon.clock, daemon.reaper
         # The reaper's first round: one `due` query (nothing due: no session
         # row read) and one `next_deadline`; then it sleeps until the first
         # deadline. Nothing else in the daemon reads the store unasked.
@@ -262,7 +262,7 @@ async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
     data, sid = tmp_path / "data", "a" * 32
     now = await _store_a_lagging_idle_deadline(data, sid)
     async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
-        store, wall = _sqlite(daemon), daemon.registry.clock
+        store, wall = _sqlite(daemon), daemon.clock
         # Past the stored deadline, before the journal's: the reaper checks
         # the journal, keeps the session and stores the right deadline.
         clock.jump(now + 302 - wall.now())
@@ -288,7 +288,7 @@ async def test_activation_judges_expiry_by_the_journal(
     now = await _store_a_lagging_idle_deadline(data, sid)
     config = make_config(data, socket_dir, ws=None, durability="process")
     async with run_daemon(config) as daemon:
-        clock.jump(now + 304 - daemon.registry.clock.now())
+        clock.jump(now + 304 - daemon.clock.now())
         assert daemon.socket_path is not None
         async with connect_unix(daemon.socket_path) as c:
             got = await c.call(p.Get, session_id=sid, key="k", token=LAGGING_TOKEN)

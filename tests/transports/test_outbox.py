@@ -7,7 +7,7 @@ import nexus_protocol as p
 import trio
 from nexus_protocol import Connection, Side, encode_body
 
-from nexusd._outbox import Flusher, Outbox
+from nexusd.transports._outbox import Flusher, Outbox
 
 
 def _open_server() -> Connection:

@@ -1,62 +1,48 @@
-"""One client connection: the handshake, then requests in, replies and events out.
+"""The msgpack channel adapter: one client connection over a `Transport`.
 
-The reader task turns bytes into protocol events and hands each request to the
-registry (daemon-wide requests) or to the session's actor, without waiting
-for the answer: actors reply straight into the connection's `Outbox`, which
-the writer task drains. A connection may have at most `max_in_flight`
-requests unanswered; past that the reader stops reading, and the client's
-own writes block (backpressure down to the socket).
+The handshake makes the connection's `Principal`; then the reader task turns
+bytes into protocol events and hands each request to the session service
+with the connection's `Outbox` as its reply sink, without waiting for the
+answer: actors reply straight into the outbox, which is written with their
+batch (or by the writer task). A connection may have at most
+`max_in_flight` requests unanswered; past that the reader stops reading, and
+the client's own writes block (backpressure down to the socket).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
+import attrs
 import trio
 from nexus_protocol import (
     NEED_DATA,
-    Analytics,
     Connection,
     ConnectionClosed,
-    Create,
     Error,
     ErrorCode,
     Framing,
     Hello,
-    ListSessions,
+    Limits,
     Message,
-    Ping,
-    Pong,
     RemoteProtocolError,
-    Report,
-    Run,
-    SessionRequest,
-    Sessions,
     Shutdown,
     Side,
-    Stats,
     Welcome,
 )
 
-from ._actor import Caller, Disconnect, Envelope
-from ._errors import RequestError
-from ._outbox import Outbox
+from .._principal import Principal
+from .._service import SessionService
+from ._outbox import Flusher, Outbox
 
-if TYPE_CHECKING:
-    from ._daemon import Daemon
-
-__all__ = ["ConnectionHandler", "Transport"]
+__all__ = ["ConnectionHandler", "ConnectionSettings", "Transport"]
 
 log = logging.getLogger("nexusd.connection")
 
 _ids = itertools.count(1)
-
-#: Sessions told per turn of the event loop that a closing connection no
-#: longer watches them: each wakes its actor, and one connection may watch
-#: thousands.
-DETACH_PER_TURN = 64
 
 
 class Transport(Protocol):
@@ -79,17 +65,32 @@ class Transport(Protocol):
     async def aclose(self) -> None: ...
 
 
+@attrs.frozen
+class ConnectionSettings:
+    """What a connection is bounded by; `check_admin_key(credential)` tells
+    whether a hello's credential is the daemon's admin key."""
+
+    server_name: str
+    limits: Limits
+    check_admin_key: Callable[[str], bool]
+    queue_size: int
+    max_in_flight: int
+    handshake_timeout: float
+    write_timeout: float
+
+
 class ConnectionHandler:
-    def __init__(self, daemon: Daemon, transport: Transport) -> None:
-        self.daemon = daemon
+    def __init__(self, service: SessionService, settings: ConnectionSettings,
+                 flusher: Flusher, transport: Transport) -> None:
+        self.service = service
+        self.settings = settings
         self.transport = transport
-        self.config = daemon.config
-        self.conn = Connection(Side.SERVER, framing=transport.framing, limits=daemon.limits)
-        self.outbox = Outbox(self.conn, max_frames=self.config.queue_size,
+        self.conn = Connection(Side.SERVER, framing=transport.framing, limits=settings.limits)
+        self.outbox = Outbox(self.conn, max_frames=settings.queue_size,
                              send_now=getattr(transport, "send_now", None),
-                             flusher=daemon.flusher)
+                             flusher=flusher)
         self.connection_id = f"c{next(_ids)}"
-        self.caller: Caller | None = None
+        self.principal: Principal | None = None
         self.draining = False
         self._cancel = trio.CancelScope()
 
@@ -124,7 +125,7 @@ class ConnectionHandler:
         if self.draining:
             return
         self.draining = True
-        if self.caller is None:
+        if self.principal is None:
             self._cancel.cancel()
             return
         self.outbox.reply(Shutdown(reason=reason, retry_after=1.0))
@@ -134,7 +135,8 @@ class ConnectionHandler:
         self._cancel.cancel()
 
     async def _handshake(self) -> Hello | None:
-        with trio.move_on_after(self.config.handshake_timeout):
+        settings = self.settings
+        with trio.move_on_after(settings.handshake_timeout):
             while True:
                 try:
                     event = self.conn.next_event()
@@ -150,7 +152,7 @@ class ConnectionHandler:
                 assert isinstance(event, Hello)
                 break
             admin = self.transport.admin
-            if event.credential is not None and self.daemon.check_admin_key(event.credential):
+            if event.credential is not None and settings.check_admin_key(event.credential):
                 admin = True
             elif event.credential is not None:
                 await self._refuse(ErrorCode.UNAUTHORIZED, "the admin credential is not valid")
@@ -158,15 +160,14 @@ class ConnectionHandler:
             if self.draining:
                 await self._refuse(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
                 return None
-            self.caller = Caller(self.connection_id, event.channel, event.client, admin,
-                                 self.outbox)
+            self.principal = Principal(self.connection_id, event.channel, event.client, admin)
             await self.transport.send([self.conn.send(Welcome(
-                version=self.conn.version or 1, server=self.daemon.server_name,
+                version=self.conn.version or 1, server=settings.server_name,
                 connection_id=self.connection_id, admin=admin,
-                max_frame=self.daemon.limits.max_frame))])
+                max_frame=settings.limits.max_frame))])
             return event
         log.info("%s: no hello within %gs; closing", self.connection_id,
-                 self.config.handshake_timeout)
+                 settings.handshake_timeout)
         return None
 
     async def _refuse(self, code: ErrorCode, message: str) -> None:
@@ -180,12 +181,12 @@ class ConnectionHandler:
                 frames = await self.outbox.wait_frames()
                 if not frames:
                     break
-                with trio.fail_after(self.config.write_timeout):
+                with trio.fail_after(self.settings.write_timeout):
                     await self.transport.send(frames)
                 self.outbox.sent()
         except trio.TooSlowError:
             log.info("%s: client stopped reading for %gs; closing", self.connection_id,
-                     self.config.write_timeout)
+                     self.settings.write_timeout)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         # The client is gone or the outbox is closed and flushed: stop reading.
@@ -193,6 +194,9 @@ class ConnectionHandler:
 
     async def _read_loop(self) -> None:
         conn, outbox = self.conn, self.outbox
+        principal, submit = self.principal, self.service.submit
+        assert principal is not None
+        max_in_flight = self.settings.max_in_flight
         while True:
             try:
                 event = conn.next_event()
@@ -209,70 +213,17 @@ class ConnectionHandler:
                 continue
             if isinstance(event, ConnectionClosed):
                 return
-            await outbox.wait_reply_capacity(self.config.max_in_flight)
-            await self._dispatch(event)
+            await outbox.wait_reply_capacity(max_in_flight)
+            if self.draining:
+                outbox.reply(_draining(event))
+                continue
+            await submit(principal, event, outbox)
 
     async def _detach_all(self) -> None:
-        """Tells each session this connection watches that it is gone,
-        `DETACH_PER_TURN` per turn of the event loop (shielded: it runs on
-        the way out, cancelled or not)."""
-        caller = self.caller
-        if caller is None:
-            return
-        with trio.CancelScope(shield=True):
-            for n, sid in enumerate(list(caller.subscriptions), 1):
-                actor = self.daemon.registry.active(sid)
-                if actor is not None:
-                    actor.send_nowait(Envelope(Disconnect(self.connection_id)))
-                if n % DETACH_PER_TURN == 0:
-                    await trio.lowlevel.checkpoint()
-        caller.subscriptions.clear()
+        if self.principal is not None:
+            await self.service.disconnect(self.principal)
 
-    # ------------------------------------------------------------ dispatching
 
-    async def _dispatch(self, req: Message) -> None:
-        caller = self.caller
-        assert caller is not None
-        rid: int = req.id  # type: ignore[attr-defined]
-        try:
-            if self.draining:
-                raise RequestError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",
-                                   retry_after=1.0)
-            if isinstance(req, Run):
-                raise RequestError(ErrorCode.UNAVAILABLE,
-                                   "workflow execution is not available in this daemon")
-            if isinstance(req, SessionRequest):
-                await self.daemon.registry.submit(req.session_id, Envelope(req, caller),
-                                                  self.config.busy_timeout)
-                return
-            self.outbox.reply(await self._serve_daemon(caller, req))
-        except RequestError as exc:
-            self.outbox.reply(exc.reply(rid))
-        except Exception:
-            log.exception("%s: request %s failed", self.connection_id, req.TAG)
-            self.outbox.reply(Error(id=rid, code=ErrorCode.INTERNAL.value,
-                                    message="internal error; see the daemon's log"))
-
-    async def _serve_daemon(self, caller: Caller, req: Message) -> Message:
-        if isinstance(req, Ping):
-            return Pong(id=req.id)
-        if isinstance(req, Create):
-            return await self.daemon.registry.create(caller, req)
-        if not caller.admin:
-            raise RequestError(ErrorCode.FORBIDDEN,
-                               f"{req.TAG!r} needs the admin credential")
-        if isinstance(req, Stats):
-            return Report(id=req.id, report=await self.daemon.stats())
-        if isinstance(req, Analytics):
-            return Report(id=req.id, report=self.daemon.analytics())
-        if isinstance(req, ListSessions):
-            limit = min(req.limit or 100, 1000)
-            metas = await self.daemon.store.list_sessions(req.after, limit + 1)
-            page = metas[:limit]
-            registry = self.daemon.registry
-            sessions = [{"session_id": m.session_id, "created_at": m.created_at,
-                         "expires_at": m.expires_at, "idle_expires_at": m.idle_expires_at,
-                         "active": registry.active(m.session_id) is not None} for m in page]
-            after = page[-1].session_id if len(metas) > limit else None
-            return Sessions(id=req.id, sessions=sessions, after=after)
-        raise RequestError(ErrorCode.BAD_REQUEST, f"unexpected {req.TAG!r}")
+def _draining(req: Message) -> Error:
+    return Error(id=req.id, code=ErrorCode.UNAVAILABLE.value,  # type: ignore[attr-defined]
+                 message="the daemon is shutting down", retry_after=1.0)
