@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Final, Literal
 
@@ -68,19 +68,22 @@ class RegistryStatistics:
     activations: int
     hibernations: int
     ended: int
+    ended_by: dict[str, int] = attrs.Factory(dict)  # reason (ttl, idle, invalidated) -> count
 
 
 class Registry:
     """The active sessions' actors, made with what they use.
 
     `schedule(session_id, deadline)` tells the reaper when to look at a
-    session; `batch` is held by each actor while it serves a batch.
+    session; `batch` is held by each actor while it serves a batch;
+    `observe_flush` goes to each actor (see `ActorDeps`).
     """
 
     def __init__(self, *, store: Store, clock: WallClock, bus: Bus, batch: BatchScope,
                  analytics: ChannelAnalytics, limits: CommandLimits, max_frame: int,
                  policy: SessionPolicy, actor_config: ActorConfig,
-                 schedule: Callable[[str, float], None], nursery: trio.Nursery) -> None:
+                 schedule: Callable[[str, float], None], nursery: trio.Nursery,
+                 observe_flush: Callable[[float, float], None] | None = None) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy
@@ -90,7 +93,7 @@ class Registry:
         self._deps = ActorDeps(store=store, clock=clock, bus=bus, batch=batch,
                                analytics=analytics, limits=limits, max_frame=max_frame,
                                schedule=schedule, forget=self._forget,
-                               tombstone=self._tombstone)
+                               tombstone=self._tombstone, observe_flush=observe_flush)
         self._nursery = nursery
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, trio.Event] = {}
@@ -100,6 +103,7 @@ class Registry:
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
+        self._ended_by: Counter[str] = Counter()
 
     # ------------------------------------------------------------- lookups
 
@@ -108,7 +112,7 @@ class Registry:
 
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
-                                  self._hibernations, self._ended)
+                                  self._hibernations, self._ended, dict(self._ended_by))
 
     def _forget(self, actor: SessionActor) -> None:
         """Called by an actor as it ends; later requests activate it anew."""
@@ -118,6 +122,7 @@ class Registry:
 
     def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
+        self._ended_by[reason] += 1
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)

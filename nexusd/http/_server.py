@@ -1,0 +1,143 @@
+"""The HTTP listener: hypercorn's trio worker, in the daemon's nurseries.
+
+Each accepted connection is served by hypercorn's `TCPServer` (HTTP/1.1 and
+HTTP/2, TLS when given), running in the daemon's connection nursery; the
+accept loop runs in its listener nursery, so that stopping the listeners
+stops accepting and nothing else. This is `hypercorn.trio.serve` taken
+apart for two reasons: the daemon owns the order of its shutdown (stop
+accepting, let requests in flight finish, then cut what is left), and
+hypercorn's writes to a client cannot be cancelled (they are shielded), so a
+client that stops reading could hold a response, and the shutdown, forever.
+The listener keeps each connection's socket by the client's address, and
+`abort_client` / `abort` close it, which ends any write waiting on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+from ..transports._common import bracket, in_use, run_alone
+
+__all__ = ["HttpListener", "HttpListenerStatistics"]
+
+log = logging.getLogger("nexusd.http")
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+@attrs.frozen
+class HttpListenerStatistics:
+    connections: int  # open TCP connections
+    accepted: int
+
+
+class HttpListener:
+    """Serves an ASGI app over HTTP; see the module's docstring.
+
+    `keep_alive` is how long an idle connection stays open; `max_header`
+    bounds a request's head (request line and headers), in bytes.
+    """
+
+    def __init__(self, *, keep_alive: float = 5.0, max_header: int = 16 * 1024) -> None:
+        config = HypercornConfig()
+        config.accesslog = None
+        config.errorlog = logging.getLogger("nexusd.http.server")
+        config.keep_alive_timeout = keep_alive
+        config.h11_max_incomplete_size = max_header
+        config.include_server_header = False
+        self._config = config
+        self._app: Any = None
+        self._context = WorkerContext(None)
+        self._sockets: dict[tuple[str, int], trio.SocketStream] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+        self._accepted = 0
+        self.port: int | None = None
+        self.scheme = "http"
+
+    def statistics(self) -> HttpListenerStatistics:
+        return HttpListenerStatistics(len(self._sockets), self._accepted)
+
+    async def serve(self, app: ASGIApp, host: str, port: int, tls: ssl.SSLContext | None, *,
+                    handler_nursery: trio.Nursery,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves `app` on `host`:`port` (0: any free port) and reports the
+        port bound; each connection runs in `handler_nursery`. Returns never:
+        cancel it to stop accepting.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local).
+        """
+        self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+        try:
+            listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            if exc.errno == 98:  # EADDRINUSE
+                raise OSError(exc.errno, in_use(f"{bracket(host)}:{port}")) from None
+            raise
+        self.port = listeners[0].socket.getsockname()[1]
+        if tls is not None:
+            tls.set_alpn_protocols(["h2", "http/1.1"])
+            listeners = [trio.SSLListener(listener, tls, https_compatible=True)
+                         for listener in listeners]
+            self.scheme = "https"
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners, handler_nursery=handler_nursery)
+
+    async def _handle(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+                      ) -> None:
+        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        assert isinstance(raw, trio.SocketStream)
+        try:
+            peer = raw.socket.getpeername()
+        except OSError:
+            await raw.aclose()
+            return  # gone before it was served
+        key = (peer[0], peer[1])
+        self._sockets[key] = raw
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._accepted += 1
+        try:
+            server = TCPServer(self._app, self._config, self._context, ConnectionState({}),
+                               stream)  # type: ignore[arg-type]  # plain streams too
+            # Whatever one connection raises is logged and goes no further.
+            await run_alone(f"http {bracket(peer[0])}:{peer[1]}", server.run)
+        finally:
+            if self._sockets.get(key) is raw:
+                del self._sockets[key]
+            if not self._sockets:
+                self._idle.set()
+
+    def abort_client(self, client: tuple[str, int] | None) -> None:
+        """Cuts the connection of the client at `client` (an ASGI scope's
+        "client"), ending whatever waits on it."""
+        raw = self._sockets.get((client[0], client[1])) if client else None
+        if raw is not None:
+            raw.socket.close()
+
+    async def shutdown(self) -> None:
+        """Idle connections close, and those in use once their response is
+        out (no keep-alive)."""
+        await self._context.terminated.set()
+
+    async def wait_closed(self) -> None:
+        """Returns once no connection is open."""
+        while self._sockets:
+            await self._idle.wait()
+
+    def abort(self) -> None:
+        """Cuts every connection still open."""
+        for raw in list(self._sockets.values()):
+            raw.socket.close()
