@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import attrs
@@ -142,11 +143,12 @@ class Exchange:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         chunks, size = [], 0
-        async for chunk in self.request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
+        async with aclosing(self.request.stream()) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
         return b"".join(chunks)
 
     async def json(self, *, optional: bool = False) -> Any:

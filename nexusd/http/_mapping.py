@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
-from nexus_protocol import Error, ErrorCode, Limits, Message, validate
+from nexus_protocol import Error, ErrorCode, Limits, Message, Report, validate
 
 __all__ = [
     "STATUS",
@@ -193,11 +193,13 @@ def message_json(message: Message) -> dict[str, Any]:
 
 
 def reply_json(reply: Message, *, precondition: bool = False) -> dict[str, Any]:
-    """The JSON of a successful reply.
+    """The JSON of a successful reply (a `report` is its report alone).
 
     Raises:
         HttpError: `reply` is an `error` reply.
     """
     if type(reply) is Error:
         raise HttpError.from_reply(reply, precondition=precondition)
+    if type(reply) is Report:
+        return reply.report
     return message_json(reply)

@@ -41,7 +41,7 @@ async def test_serve_answers_then_exits_cleanly_on_sigterm(tmp_path: Path,
                                                            socket_dir: Path) -> None:
     sock = socket_dir / "n.sock"
     command = [*NEXUSD, "serve", "--socket", str(sock), "--ws", "127.0.0.1:0",
-               "--data", str(tmp_path / "data"), "--shutdown-grace", "5s"]
+               "--http", "off", "--data", str(tmp_path / "data"), "--shutdown-grace", "5s"]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE,
                                                env=_environ(tmp_path))
     assert process.stderr is not None
@@ -124,7 +124,7 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
 
 def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
     result = subprocess.run([*NEXUSD, "serve", "--max-frame", "lots", "--socket", "off",
-                             "--ws", "off", "--data", str(tmp_path)],
+                             "--ws", "off", "--http", "off", "--data", str(tmp_path)],
                             capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
     assert result.returncode == 2
     assert "max_frame" in result.stderr
@@ -158,7 +158,7 @@ async def test_the_gc_policy_freezes_survivors_and_collects_in_full_on_its_own_s
 
 def _serve_error(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NEXUSD, "serve", "--data", str(tmp_path / "data"),
-                           "--durability", "memory", *flags],
+                           "--durability", "memory", "--http", "off", *flags],
                           capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
 
 
@@ -185,7 +185,7 @@ async def test_a_socket_a_live_daemon_serves_is_one_error_line(daemon: Daemon,
                                                                tmp_path: Path) -> None:
     assert daemon.socket_path is not None
     command = [*NEXUSD, "serve", "--data", str(tmp_path / "data2"), "--durability", "memory",
-               "--socket", str(daemon.socket_path), "--ws", "off"]
+               "--socket", str(daemon.socket_path), "--ws", "off", "--http", "off"]
     with trio.fail_after(30):
         done = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
                                       check=False, env=_environ(tmp_path))
