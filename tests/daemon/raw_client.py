@@ -424,7 +424,7 @@ def make_config(data: Path, socket_dir: Path, **settings: Any) -> Config:
     """A daemon configuration for tests: a Unix socket in `socket_dir`, a
     WebSocket on a free loopback port, data in `data`, then `settings`."""
     defaults: dict[str, Any] = {
-        "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "http": "off", "data": data,
+        "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "http": None, "data": data,
         "shutdown_grace": 2.0, "durability": "memory",
     }
     return Config(**{**defaults, **settings})

@@ -22,7 +22,7 @@ import trio
 from raw_client import connect_unix, connect_ws
 
 from nexusd import Daemon, _cli
-from nexusd._config import FIELDS
+from nexusd._config import FIELDS, ConfigError, load_config
 from nexusd._store import StoreError
 
 NEXUSD = [sys.executable, "-m", "nexusd"]
@@ -235,3 +235,14 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_logged(
         "nexusd: error: unexpected ZeroDivisionError: division by zero"]
     [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert record.exc_info is not None
+
+
+def test_the_http_listener_setting(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}  # no config file
+    assert load_config(None, env, {}).http == "127.0.0.1:8000"  # the guide's port
+    assert load_config(None, {**env, "NEXUSD_HTTP": "off"}, {}).http is None
+    assert load_config(None, env, {"http": "[::1]:0"}).http == "[::1]:0"
+    with pytest.raises(ConfigError, match="http must be HOST:PORT or off, not 'nope'"):
+        load_config(None, env, {"http": "nope"})
+    with pytest.raises(ConfigError, match="sse_queue must be at least 1"):
+        load_config(None, env, {"sse_queue": "0"})
