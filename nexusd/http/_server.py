@@ -54,6 +54,10 @@ class HttpListener:
         config.accesslog = None
         config.errorlog = logging.getLogger("nexusd.http.server")
         config.keep_alive_timeout = keep_alive
+        # hypercorn closes a connection after 1,000 requests by default; a
+        # client that keeps one connection for its writes should not pay a
+        # reconnection (and a lost pipeline) every thousand.
+        config.keep_alive_max_requests = 1 << 62
         config.h11_max_incomplete_size = max_header
         config.include_server_header = False
         self._config = config
