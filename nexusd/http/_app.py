@@ -70,7 +70,8 @@ class ChannelParts:
 
 def json_response(document: Any, status: int = 200,
                   headers: Mapping[str, str] | None = None) -> Response:
-    return Response(dumps(document), status, headers, media_type="application/json")
+    # A final newline: a shell prompt after `curl` starts on a line of its own.
+    return Response(dumps(document) + b"\n", status, headers, media_type="application/json")
 
 
 def error_response(error: HttpError) -> Response:
