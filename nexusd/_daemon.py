@@ -276,7 +276,7 @@ class Daemon:
                            connections: trio.Nursery) -> None:
         config = self.config
         host, port = ws_address(address, "http")
-        listener = self._http_listener = HttpListener()
+        listener = self._http_listener = HttpListener(handshake_timeout=config.handshake_timeout)
         settings = HttpSettings(
             server_name=self.server_name, limits=self.limits, max_body=config.http_max_body,
             sse_heartbeat=config.sse_heartbeat, sse_queue=config.sse_queue,

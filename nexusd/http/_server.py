@@ -46,10 +46,12 @@ class HttpListener:
     """Serves an ASGI app over HTTP; see the module's docstring.
 
     `keep_alive` is how long an idle connection stays open; `max_header`
-    bounds a request's head (request line and headers), in bytes.
+    bounds a request's head (request line and headers), in bytes;
+    `handshake_timeout` the time a TLS handshake may take.
     """
 
-    def __init__(self, *, keep_alive: float = 5.0, max_header: int = 16 * 1024) -> None:
+    def __init__(self, *, keep_alive: float = 5.0, max_header: int = 16 * 1024,
+                 handshake_timeout: float = 10.0) -> None:
         config = HypercornConfig()
         config.accesslog = None
         config.errorlog = logging.getLogger("nexusd.http.server")
@@ -59,6 +61,7 @@ class HttpListener:
         # reconnection (and a lost pipeline) every thousand.
         config.keep_alive_max_requests = 1 << 62
         config.h11_max_incomplete_size = max_header
+        config.ssl_handshake_timeout = handshake_timeout
         config.include_server_header = False
         self._config = config
         self._app: Any = None
