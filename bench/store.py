@@ -39,15 +39,15 @@ from typing import Any
 import msgpack
 import trio
 
-from nexusd._crypto import load_keyring
-from nexusd._sqlite_store import (
+from nexusd.store._crypto import load_keyring
+from nexusd.store._interface import SessionMeta, StoredEvent
+from nexusd.store._sqlite import (
     _INSERT_SESSION,
     DB_FILE,
     SqliteStore,
     new_session_row,
     open_sqlite_store,
 )
-from nexusd._store import SessionMeta, StoredEvent
 
 PAYLOAD = msgpack.packb({"op": "set", "key": "cart.items", "value": ["sku-1234"] * 8,
                          "version": 17, "channel": "websocket", "seq": 0})

@@ -10,5 +10,5 @@ from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._config import load_config as load_config
 from ._daemon import Daemon as Daemon
-from ._store import MemoryStore as MemoryStore
-from ._store import Store as Store
+from .store import MemoryStore as MemoryStore
+from .store import Store as Store

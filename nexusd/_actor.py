@@ -58,7 +58,7 @@ from nexus_protocol import (
 from ._auth import hash_token, new_token, scope_allows, verify_token
 from ._errors import RequestError
 from ._state import MAX_HISTORY, SessionState, count_label
-from ._store import SessionMeta, StoredEvent
+from .store import SessionMeta, StoredEvent
 
 if TYPE_CHECKING:
     from ._outbox import Outbox

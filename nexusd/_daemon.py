@@ -25,14 +25,12 @@ from . import __version__
 from ._actor import ActorConfig
 from ._clock import WallClock
 from ._config import Config, ws_address
-from ._crypto import KeyRingError
 from ._handler import ConnectionHandler, Transport
 from ._outbox import Flusher
 from ._reaper import Reaper
 from ._registry import Registry, SessionPolicy
-from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
-from ._store import MemoryStore, Store
 from ._transports import StreamTransport, open_unix_listener, serve_ws
+from .store import KeyRingError, MemoryStore, SqliteStore, Store, StoreError, open_sqlite_store
 
 __all__ = ["Daemon", "open_store"]
 

@@ -21,7 +21,7 @@ from ._actor import Ask, CheckExpiry, Envelope
 from ._clock import WallClock
 from ._registry import Registry
 from ._state import EPSILON
-from ._store import Store
+from .store import Store
 
 __all__ = ["Reaper", "ReaperStatistics"]
 

@@ -25,7 +25,7 @@ from ._clock import WallClock
 from ._errors import RequestError
 from ._outbox import Flusher
 from ._state import SessionState, count_label
-from ._store import LoadedSession, SessionMeta, Store
+from .store import LoadedSession, SessionMeta, Store
 
 if TYPE_CHECKING:
     from ._reaper import Reaper

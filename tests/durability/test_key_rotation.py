@@ -14,7 +14,7 @@ import nexus_protocol as p
 from daemon_process import daemon_process, wait_until
 from raw_client import connect_unix
 
-from nexusd._sqlite_store import DB_FILE
+from nexusd.store._sqlite import DB_FILE
 
 
 def _keys(data: Path, *args: str) -> subprocess.CompletedProcess[str]:

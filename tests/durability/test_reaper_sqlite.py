@@ -32,9 +32,9 @@ from trio.testing import MockClock
 from nexusd import Daemon
 from nexusd._actor import meta_of
 from nexusd._auth import hash_token
-from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
 from nexusd._state import SessionState
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.store._interface import SessionMeta, StoredEvent
+from nexusd.store._sqlite import DB_FILE, SqliteStore, open_sqlite_store
 
 
 @pytest.fixture

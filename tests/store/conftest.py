@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from store_helpers import RETENTION, FakeWallClock
 
-from nexusd._crypto import KeyRing
-from nexusd._sqlite_store import SqliteStore, open_sqlite_store
-from nexusd._store import MemoryStore, Store
+from nexusd.store._crypto import KeyRing
+from nexusd.store._interface import MemoryStore, Store
+from nexusd.store._sqlite import SqliteStore, open_sqlite_store
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ import trio.testing
 from store_helpers import NOW, FakeWallClock, events, make_meta, raw_db, wait_queued, writer_paused
 from trio.testing import MockClock
 
-from nexusd import _sqlite_writer
-from nexusd._crypto import KeyRing
-from nexusd._sqlite_store import (
+from nexusd.store import _writer
+from nexusd.store._crypto import KeyRing
+from nexusd.store._interface import SessionMeta
+from nexusd.store._sqlite import (
     _INSERT_SESSION,
     DB_FILE,
     DUE_SQL,
@@ -33,7 +34,6 @@ from nexusd._sqlite_store import (
     new_session_row,
     open_sqlite_store,
 )
-from nexusd._store import SessionMeta
 
 # -- persistence and durability ----------------------------------------------
 
@@ -105,8 +105,8 @@ async def test_data_dir_is_created_private(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys, trio
     from pathlib import Path
-    from nexusd._sqlite_store import open_sqlite_store
-    from nexusd._store import SessionMeta, StoredEvent
+    from nexusd.store._sqlite import open_sqlite_store
+    from nexusd.store._interface import SessionMeta, StoredEvent
 
     async def main():
         store = await open_sqlite_store(Path(sys.argv[1]), durability=sys.argv[2])
@@ -213,7 +213,7 @@ async def test_appends_from_tasks_runnable_together_share_a_commit(
 async def test_a_queue_longer_than_a_batch_is_served_batch_by_batch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_clock: MockClock) -> None:
     # Each leader commits one batch and hands the lead to the next caller.
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", 4)
+    monkeypatch.setattr(_writer, "_MAX_BATCH", 4)
     store = await open_sqlite_store(tmp_path, durability="process")
     async with store:
         await store.create(make_meta("s"), b"")
@@ -234,7 +234,7 @@ async def test_the_wal_is_checkpointed_outside_the_writer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # At "process" the writer never checkpoints (it would wait on the disk in
     # trio's thread): a thread of its own copies the WAL into the database.
-    monkeypatch.setattr(_sqlite_writer, "_CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(_writer, "_CHECKPOINT_EVERY", 5)
     store = await open_sqlite_store(tmp_path, durability="process")
     async with store:
         assert store._writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
-from nexusd._sqlite_store import SqliteStore
-from nexusd._store import MemoryStore, SessionMeta, Store
+from nexusd.store._interface import MemoryStore, SessionMeta, Store
+from nexusd.store._sqlite import SqliteStore
 
 
 def _conforms(a: MemoryStore, b: SqliteStore) -> list[Store]:

@@ -17,7 +17,7 @@ acknowledged survives:
 - "memory": an in-memory database, nothing on disk; for tests and demos.
 
 Snapshots and event payloads are sealed with per-session data keys (see
-`nexusd._crypto`); metadata the reaper needs (deadlines, token hashes) stays
+`nexusd.store._crypto`); metadata the reaper needs (deadlines, token hashes) stays
 in the clear so that it can be indexed. `delete` crypto-shreds: the wrapped
 data key and the rows are removed in one transaction with
 ``PRAGMA secure_delete=ON``, and a WAL checkpoint follows soon after so the old
@@ -50,8 +50,8 @@ from ._crypto import (
     new_data_key,
     remove_master_key,
 )
-from ._sqlite_writer import Checkpointer, TaskWriter, ThreadWriter, Writer
-from ._store import LoadedSession, SessionMeta, StoredEvent, StoreError
+from ._interface import LoadedSession, SessionMeta, StoredEvent, StoreError
+from ._writer import Checkpointer, TaskWriter, ThreadWriter, Writer
 
 __all__ = [
     "DB_FILE",
