@@ -34,7 +34,8 @@ from nexusd._actor import meta_of
 from nexusd._auth import hash_token
 from nexusd._state import SessionState
 from nexusd.store._interface import SessionMeta, StoredEvent
-from nexusd.store._sqlite import DB_FILE, SqliteStore, open_sqlite_store
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import SqliteStore, open_sqlite_store
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import trio
 import trio.testing
 
 from nexusd.store._interface import SessionMeta, StoredEvent
-from nexusd.store._sqlite import DB_FILE, SqliteStore
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import SqliteStore
 from nexusd.store._writer import TaskWriter
 
 RETENTION = 5

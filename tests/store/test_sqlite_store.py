@@ -22,18 +22,16 @@ from trio.testing import MockClock
 from nexusd.store import _writer
 from nexusd.store._crypto import KeyRing
 from nexusd.store._interface import SessionMeta
-from nexusd.store._sqlite import (
-    _INSERT_SESSION,
+from nexusd.store._schema import (
     DB_FILE,
     DUE_SQL,
+    INSERT_SESSION,
     NEXT_DEADLINE_SQL,
     SCHEMA_VERSION,
-    SqliteStore,
-    StoreError,
     migrate,
     new_session_row,
-    open_sqlite_store,
 )
+from nexusd.store._sqlite import SqliteStore, StoreError, open_sqlite_store
 
 # -- persistence and durability ----------------------------------------------
 
@@ -78,8 +76,8 @@ async def test_disk_durability_levels(tmp_path: Path, durability: str, synchrono
     assert (tmp_path / DB_FILE).stat().st_mode & 0o777 == 0o600
 
 
-async def test_memory_durability_writes_nothing_to_disk(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path, durability="memory")
+async def test_durability_none_writes_nothing_to_disk(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path, durability="none")
     await store.create(make_meta("a"), b"a0")
     await store.append(make_meta("a"), events(1, 3))
     loaded = await store.load("a")
@@ -449,7 +447,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     row, cipher = new_session_row(keyring, meta, b"old state")
     with raw_db(tmp_path) as conn:
         migrate(conn, target=1)
-        conn.execute(_INSERT_SESSION, row)
+        conn.execute(INSERT_SESSION, row)
         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
                      ("old", 1, NOW, cipher.seal("event", 1, b"old change")))
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -534,7 +532,7 @@ async def test_100k_dormant_sessions_cost_the_reaper_nothing(tmp_path: Path,
                                 b"dormant")[0] for i in range(n)]
         with raw_db(tmp_path) as conn:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT_SESSION, rows)
+            conn.executemany(INSERT_SESSION, rows)
             conn.execute("COMMIT")
 
         before = store.statistics()

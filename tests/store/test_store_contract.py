@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
-from nexusd.store._interface import MemoryStore, SessionMeta, Store
-from nexusd.store._sqlite import SqliteStore
+from nexusd.store import MemoryStore, SessionMeta, SqliteStore, Store
 
 
 def _conforms(a: MemoryStore, b: SqliteStore) -> list[Store]:
@@ -179,3 +178,16 @@ async def test_count(store: Store) -> None:
         await store.create(make_meta(f"s{i}"), b"")
     await store.delete("s3")
     assert await store.count() == 6
+
+
+async def test_keys_only_where_a_key_ring_is_kept(store: Store,
+                                                  request: pytest.FixtureRequest) -> None:
+    # A store encrypting in a data directory has a ring to rotate there; the
+    # others answer None: nothing to reload, nothing to re-wrap.
+    await store.create(make_meta("s1"), b"s0")
+    keys = store.keys
+    if request.node.callspec.params["store"] == "sqlite-process":
+        assert keys is not None
+        assert await keys.rewrap() == 0  # every data key is under the current one
+    else:
+        assert keys is None
