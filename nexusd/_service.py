@@ -46,9 +46,9 @@ from nexus_protocol import (
 from ._errors import RequestError
 from ._principal import EventSink, Principal, ReplySink
 from ._registry import Registry
-from ._store import Store
 from .session._analytics import ChannelAnalytics
 from .session._mailbox import Disconnect, Envelope
+from .store import Store
 
 __all__ = ["Call", "SessionService"]
 
