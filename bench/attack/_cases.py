@@ -18,6 +18,7 @@ import wsproto.events as ws_events
 from .._client import NexusClient, ServerError
 from . import Row
 from ._daemon import Canary, DaemonProc, percentile
+from ._floods import FLOODS
 
 __all__ = ["CASES"]
 
@@ -349,4 +350,5 @@ CASES: dict[str, Callable[[Path, bool], Row]] = {
     "crash-during-idle": crash_during_idle,
     "mass-hibernation": mass_hibernation,
     "clock-jump": clock_jump,
+    **FLOODS,
 }
