@@ -17,9 +17,9 @@ import trio
 
 from . import __version__
 from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
-from ._crypto import KeyRingError
 from ._daemon import PID_FILE, Daemon
-from ._sqlite_store import StoreError, keys_list, keys_retire, keys_rotate
+from ._keys_cli import keys_list, keys_retire, keys_rotate
+from .store import KeyRingError, StoreError
 
 __all__ = ["main"]
 

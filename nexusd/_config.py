@@ -12,6 +12,8 @@ from typing import Any, cast
 import attrs
 from nexus_protocol import DEFAULT_WS_HOST, DEFAULT_WS_PORT, default_socket_path, default_state_dir
 
+from .store import DURABILITIES
+
 __all__ = ["Config", "ConfigError", "default_config_path", "load_config", "parse_duration"]
 
 
@@ -186,8 +188,8 @@ class Config:
                      "max_connections", "max_connections_per_peer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        if self.durability not in DURABILITY:
-            raise ConfigError(f"durability must be one of {', '.join(DURABILITY)}")
+        if self.durability not in DURABILITIES:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}")
         if self.default_ttl > self.max_ttl or self.default_ttl <= 0:
             raise ConfigError("default_ttl must be in (0, max_ttl]")
         if self.default_idle is not None and self.default_idle > self.max_idle:
@@ -204,9 +206,6 @@ class Config:
             raise ConfigError("tls_cert and tls_key go together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
-
-
-DURABILITY = ("process", "power", "memory")
 
 
 def ws_address(text: str) -> tuple[str, int]:

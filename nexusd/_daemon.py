@@ -30,23 +30,21 @@ from ._auth import new_admin_key
 from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
-from ._crypto import KeyRingError
 from ._limits import LimitSettings, PeerLimits
 from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
-from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
-from ._store import MemoryStore, Store
 from ._version import __version__
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
+from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
 from .transports._unix import open_unix_listener, serve_unix
 from .transports._websocket import serve_ws
 
-__all__ = ["Daemon", "open_store"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger("nexusd")
 
@@ -79,21 +77,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-async def open_store(config: Config) -> Store:
-    """The store the configuration asks for: SQLite in the data directory,
-    encrypted at rest, or for durability "memory" nothing on disk at all.
-
-    Raises:
-        StoreError, KeyRingError: the store or its keys cannot be opened.
-    """
-    if config.durability == "memory":
-        return MemoryStore(retention=config.retention)
-    # The store reads its clock in its writer thread, where trio's clock (and
-    # so `WallClock.now`) cannot be read: it gets the plain wall clock.
-    return await open_sqlite_store(config.data, durability=config.durability,
-                                   retention_events=config.retention, clock=time.time)
 
 
 def read_or_create_admin_key(data: Path, name: str = "admin.key") -> str:
@@ -190,8 +173,12 @@ class Daemon:
         self._bound_connections()
         clock = self.clock = WallClock(self.wall)
         if self.store is None:
-            self.store = await open_store(config)
-        pid_file = config.data / PID_FILE if isinstance(self.store, SqliteStore) else None
+            # The store reads its clock in its writer thread, where trio's clock
+            # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
+            self.store = await open_store(config.durability, config.data,
+                                          retention=config.retention, clock=time.time)
+        keys = self.store.keys
+        pid_file = config.data / PID_FILE if keys is not None else None
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         self._started_at = trio.current_time()
@@ -227,10 +214,10 @@ class Daemon:
                     await services.start(self.reaper.run)
                     await services.start(self.registry.hibernate_quiet)
                     await services.start(self.peer_limits.run)
-                    if isinstance(self.store, SqliteStore):
+                    if keys is not None:
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.
-                        services.start_soon(self._rewrap_keys, self.store)
+                        services.start_soon(self._rewrap_keys, keys)
                     async with trio.open_nursery() as connections:
                         async with trio.open_nursery() as listeners:
                             await self._listen(listeners, connections)
@@ -261,23 +248,22 @@ class Daemon:
     async def reload_keys(self) -> None:
         """Reads the master key ring again (after `nexusd keys rotate`) and
         re-wraps every session's data key under the current master key."""
-        store = self.store
-        if not isinstance(store, SqliteStore):
+        keys = self.store.keys
+        if keys is None:
             log.info("no key ring to reload: durability is %s", self.config.durability)
             return
         try:
-            ring = await store.reload_keyring(self.config.data)
+            current = await keys.reload()
         except (KeyRingError, StoreError) as exc:
             log.error("key ring not reloaded: %s", exc)
             return
-        log.info("key ring reloaded; current master key %s", ring.current)
-        await self._rewrap_keys(store)
+        log.info("key ring reloaded; current master key %s", current)
+        await self._rewrap_keys(keys)
 
-    async def _rewrap_keys(self, store: SqliteStore) -> None:
-        moved = await store.rewrap_keys()
+    async def _rewrap_keys(self, keys: KeyManagement) -> None:
+        moved = await keys.rewrap()
         if moved:
-            log.info("re-wrapped %d session keys under master key %s", moved,
-                     store.keyring.current)
+            log.info("re-wrapped %d session keys under master key %s", moved, keys.current)
 
     async def _listen(self, listeners: trio.Nursery, connections: trio.Nursery) -> None:
         """Starts each listener in `listeners`; connections run in `connections`."""

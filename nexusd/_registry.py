@@ -26,7 +26,6 @@ from ._bus import Bus
 from ._clock import WallClock
 from ._errors import RequestError
 from ._principal import Principal
-from ._store import IDLE_LAG, LoadedSession, SessionMeta, Store
 from .session._actor import (
     ActorConfig,
     ActorDeps,
@@ -39,6 +38,7 @@ from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
 from .session._mailbox import MailItem, Quiet
 from .session._state import SessionState
+from .store import IDLE_LAG, LoadedSession, SessionMeta, Store
 
 __all__ = ["Registry", "RegistryStatistics", "SessionPolicy"]
 

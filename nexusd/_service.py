@@ -53,9 +53,9 @@ from ._errors import RequestError
 from ._limits import PeerLimits
 from ._principal import EventSink, Principal, ReplySink
 from ._registry import Registry
-from ._store import Store
 from .session._analytics import ChannelAnalytics
 from .session._mailbox import Disconnect, Envelope
+from .store import Store
 
 __all__ = ["Call", "SessionService"]
 

@@ -40,7 +40,7 @@ from .._bus import Bus
 from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import EventSink, Principal
-from .._store import IDLE_LAG, SessionMeta, Store, StoredEvent
+from ..store import IDLE_LAG, SessionMeta, Store, StoredEvent
 from ._access import authorize
 from ._analytics import ChannelAnalytics
 from ._commands import (

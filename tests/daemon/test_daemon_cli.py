@@ -23,7 +23,7 @@ from raw_client import connect_unix, connect_ws
 
 from nexusd import Daemon, _cli
 from nexusd._config import FIELDS
-from nexusd._store import StoreError
+from nexusd.store import StoreError
 
 NEXUSD = [sys.executable, "-m", "nexusd"]
 

@@ -40,10 +40,11 @@ from trio.testing import MockClock
 
 from nexusd import Config, Daemon
 from nexusd._auth import hash_token
-from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
-from nexusd._store import IDLE_LAG, SessionMeta, StoredEvent
 from nexusd.session._actor import meta_of
 from nexusd.session._state import SessionState
+from nexusd.store._interface import IDLE_LAG, SessionMeta, StoredEvent
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import SqliteStore, open_sqlite_store
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The SQLite store's writers: group commit, in trio's thread or in a thread
-of its own (see `nexusd._sqlite_store` for what each durability needs).
+of its own (see `nexusd.store._sqlite` for what each durability needs).
 
 Every write request of every session actor goes through one writer, which
 takes all that is queued, runs it in a single transaction (a savepoint per
@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from ._store import StoreError
+from ._interface import StoreError
 
 __all__ = ["Checkpointer", "TaskWriter", "ThreadWriter", "Writer"]
 
