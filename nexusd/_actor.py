@@ -318,7 +318,7 @@ class SessionActor:
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
-        with trio.move_on_after(30, shield=True):
+        with self.registry.saving(), trio.move_on_after(30, shield=True):
             # The exact deadline: no actor lags it any more.
             await self.store.save_snapshot(meta_of(self.state, self.tokens), self.state.seq,
                                            self.state.to_snapshot())
