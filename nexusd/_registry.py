@@ -8,12 +8,13 @@ use. The first request for a dormant session activates it from the store
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, Literal
 
 import attrs
@@ -56,6 +57,10 @@ CHECKS_PER_TURN: Final = 1024
 EVICT_CHECKS: Final = 256
 #: How long a session told to make room counts as leaving.
 LEAVING_FOR: Final = 1.0
+#: Snapshots of hibernating actors that may wait for the store at once: the
+#: hibernator tells no more actors meanwhile, so that a write queued during a
+#: storm waits for about two commits, not for every session still to go.
+SAVING_MAX: Final = 512
 
 
 @attrs.frozen
@@ -110,7 +115,8 @@ class Registry:
         self._deps = ActorDeps(store=store, clock=clock, bus=bus, batch=batch,
                                analytics=analytics, limits=limits, max_frame=max_frame,
                                schedule=schedule, forget=self._forget,
-                               tombstone=self._tombstone, resized=self._resized)
+                               tombstone=self._tombstone, saving=self.saving,
+                               resized=self._resized)
         self._bus = bus
         self._nursery = nursery
         self._actors: dict[str, SessionActor] = {}
@@ -120,6 +126,8 @@ class Registry:
         self._quiet: list[tuple[float, int, weakref.ref[SessionActor]]] = []
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
+        self._saving = 0  # actors writing their last snapshot (see `saving`)
+        self._saved_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
         self._initially_stored = stored
         self._snapshot_bytes = 0  # of the active sessions' latest snapshots
@@ -158,6 +166,18 @@ class Registry:
     def _resized(self, delta: int) -> None:
         """An active session's snapshot grew (or shrank) by `delta` bytes."""
         self._snapshot_bytes += delta
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Held by an actor while it writes its last snapshot (hibernating
+        or stopping): the hibernator waits while `SAVING_MAX` do."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if self._saving < SAVING_MAX and self._saved_lot:
+                self._saved_lot.unpark_all()
 
     def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
@@ -297,7 +317,8 @@ class Registry:
         traffic itself costs nothing here. At most `QUIET_PER_TURN` actors
         are told (and `CHECKS_PER_TURN` entries checked) per turn of the
         event loop: thousands of sessions falling quiet together hibernate
-        over many short turns, between which everything else runs.
+        over many short turns, between which everything else runs. While
+        `SAVING_MAX` snapshots wait for the store, it tells no more.
         """
         task_status.started()
         told = checked = 0
@@ -305,6 +326,8 @@ class Registry:
             if told >= QUIET_PER_TURN or checked >= CHECKS_PER_TURN:
                 told = checked = 0
                 await trio.lowlevel.checkpoint()
+                while self._saving >= SAVING_MAX:
+                    await self._saved_lot.park()
             if not self._quiet:
                 await self._quiet_lot.park()
                 continue

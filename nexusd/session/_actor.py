@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Final, Protocol, cast
 
 import attrs
@@ -86,7 +87,8 @@ class ActorDeps:
     `forget(actor)` is called as an actor ends, `tombstone(session_id,
     reason)` when its session ends for good, `schedule(session_id, deadline)`
     when its deadline may have come earlier, `resized(delta)` when its
-    snapshot's size changes by `delta` bytes.
+    snapshot's size changes by `delta` bytes; `saving()` is held while the
+    actor writes its last snapshot (the hibernator paces itself by it).
     """
 
     store: Store
@@ -99,6 +101,7 @@ class ActorDeps:
     schedule: Callable[[str, float], None]
     forget: Callable[[SessionActor], None]
     tombstone: Callable[[str, str], None]
+    saving: Callable[[], AbstractContextManager[None]]
     resized: Callable[[int], None] = lambda delta: None
 
 
@@ -153,6 +156,7 @@ class SessionActor:
         self._tombstone = deps.tombstone
         self._resized = deps.resized
         self.snapshot_bytes = snapshot_bytes
+        self._saving = deps.saving
         self._topic = deps.bus.open(self.session_id, state.seq, history)
         self._send, self._inbox = trio.open_memory_channel[MailItem](config.mailbox_size)
         self._pending: list[tuple[Change, bytes]] = []
@@ -287,7 +291,7 @@ class SessionActor:
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
-        with trio.move_on_after(30, shield=True):
+        with self._saving(), trio.move_on_after(30, shield=True):
             # The exact deadline: no actor lags it any more.
             await self._store.save_snapshot(meta_of(self.state, self.tokens), self.state.seq,
                                             self.state.to_snapshot())
