@@ -58,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        shown = "" if name == "admin_key" else f" (default: {_show(default)})"
+        shown = "" if name in ("admin_key", "create_key") else f" (default: {_show(default)})"
         serve.add_argument(flag, dest=name, default=argparse.SUPPRESS,
                            metavar=name.split("_")[-1].upper(),
                            help=field.metadata.get("help", "") + shown)
