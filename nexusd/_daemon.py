@@ -11,8 +11,10 @@ holds and writes its snapshot; close the store.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
+import resource
 import ssl
 import time
 from collections import Counter
@@ -21,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 from nexus_protocol import Limits
 
@@ -28,6 +31,7 @@ from ._auth import new_admin_key
 from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
+from ._limits import LimitSettings, PeerLimits
 from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
@@ -49,11 +53,38 @@ log = logging.getLogger("nexusd")
 #: In the data directory while a daemon serves it: its process id, so that
 #: `nexusd keys rotate` can tell it to reload its keys.
 PID_FILE = "nexusd.pid"
+#: Descriptors kept out of `max_connections`: the store, listeners, logs.
+SPARE_DESCRIPTORS = 256
 
 
-def read_or_create_admin_key(data: Path) -> str:
-    """The admin key in DATA/admin.key, created (mode 0600) if missing."""
-    path = data / "admin.key"
+def raise_descriptor_limit() -> int:
+    """Raises the soft limit on open descriptors to the hard one; returns
+    the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target,
+                        exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_or_create_admin_key(data: Path, name: str = "admin.key") -> str:
+    """The key in DATA/`name` (the admin key by default), created (mode 0600)
+    if missing."""
+    path = data / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -88,7 +119,7 @@ class Daemon:
         self.ws_port: int | None = None
         self.http_port: int | None = None
         self.http: HttpChannel | None = None
-        self._http_listener: HttpListener | None = None
+        self.http_listener: HttpListener | None = None
         self.metrics = Metrics()
         self.admin_key = config.admin_key
         self._stop = trio.Event()
@@ -97,7 +128,13 @@ class Daemon:
         self._no_connections = trio.Event()
         self._started_at = 0.0
         self._started_wall = 0.0
-        self.bus = LocalBus(retention=config.retention)
+        self.bus = LocalBus(retention=config.retention,
+                            retention_bytes=config.retention_bytes)
+        self.create_key = config.create_key
+        self.peer_limits = PeerLimits(LimitSettings(
+            max_connections=config.max_connections,
+            max_connections_per_peer=config.max_connections_per_peer,
+            create_rate=config.create_rate, create_burst=config.create_burst))
         self.analytics = ChannelAnalytics()
         self.clock: WallClock  # made in `run`, from trio's clock
         self.registry: Registry
@@ -112,11 +149,36 @@ class Daemon:
         return self.admin_key is not None and hmac.compare_digest(
             credential.encode(), self.admin_key.encode())
 
+    def check_create_key(self, credential: str) -> bool:
+        return self.create_key is not None and hmac.compare_digest(
+            credential.encode(), self.create_key.encode())
+
+    def requires_create_key(self) -> bool:
+        """Whether network clients need the create key to create sessions."""
+        setting = self.config.require_create_key
+        if setting != "auto":
+            return setting == "always"
+        return any(address is not None and not _loopback(ws_address(address)[0])
+                   for address in (self.config.ws, self.config.http))
+
+    def _bound_connections(self) -> None:
+        """Raises the descriptor limit, and lowers `max_connections` to fit it."""
+        nofile = raise_descriptor_limit()
+        fits = max(nofile - SPARE_DESCRIPTORS, 1)
+        settings = self.peer_limits.settings
+        if settings.max_connections > fits:
+            log.warning("max_connections lowered from %d to %d: the process may open %d "
+                        "descriptors", settings.max_connections, fits, nofile)
+            self.peer_limits.settings = attrs.evolve(settings, max_connections=fits)
+
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         config = self.config
         if self.admin_key is None and (config.ws is not None or config.http is not None):
             self.admin_key = read_or_create_admin_key(config.data)
+        if self.create_key is None and self.requires_create_key():
+            self.create_key = read_or_create_admin_key(config.data, "create.key")
+        self._bound_connections()
         clock = self.clock = WallClock(self.wall)
         if self.store is None:
             # The store reads its clock in its writer thread, where trio's clock
@@ -137,22 +199,30 @@ class Daemon:
                     analytics=self.analytics,
                     limits=CommandLimits(max_depth=config.max_depth,
                                          max_patch=config.max_patch,
-                                         max_keys=config.max_keys, max_ttl=config.max_ttl),
+                                         max_keys=config.max_keys, max_ttl=config.max_ttl,
+                                         max_context=config.max_context),
                     max_frame=config.max_frame,
-                    policy=SessionPolicy(config.default_ttl, config.max_ttl,
-                                         config.default_idle),
+                    policy=SessionPolicy(
+                        config.default_ttl, config.max_ttl, config.default_idle,
+                        max_idle=config.max_idle, max_metadata=config.max_metadata,
+                        max_sessions=config.max_sessions,
+                        max_active=config.max_active_sessions,
+                        max_memory=config.max_memory),
                     actor_config=ActorConfig(mailbox_size=config.mailbox_size,
                                              hibernate_after=config.hibernate_after),
                     schedule=deadlines.schedule, nursery=actors,
+                    stored=await self.store.count(),
                     observe_flush=self.metrics.observe_flush)
                 self.reaper = Reaper(deadlines, self.registry, self.store, clock)
                 self.service = SessionService(registry=self.registry, store=self.store,
                                               analytics=self.analytics, stats=self.stats,
-                                              busy_timeout=config.busy_timeout)
+                                              busy_timeout=config.busy_timeout,
+                                              limits=self.peer_limits)
                 async with trio.open_nursery() as services:
                     self._services = services
                     await services.start(self.reaper.run)
                     await services.start(self.registry.hibernate_quiet)
+                    await services.start(self.peer_limits.run)
                     if keys is not None:
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.
@@ -212,7 +282,10 @@ class Daemon:
             server_name=self.server_name, limits=self.limits,
             check_admin_key=self.check_admin_key, queue_size=config.queue_size,
             max_in_flight=config.max_in_flight, handshake_timeout=config.handshake_timeout,
-            write_timeout=config.write_timeout)
+            write_timeout=config.write_timeout, peer_limits=self.peer_limits,
+            check_create_key=self.check_create_key,
+            require_create_key=self.requires_create_key(), queue_bytes=config.queue_bytes,
+            read_timeout=config.read_timeout, idle_timeout=config.idle_connection_timeout)
 
         async def handle(transport: Transport) -> None:
             handler = ConnectionHandler(self.service, settings, self.flusher, transport)
@@ -233,13 +306,15 @@ class Daemon:
                                   task_status: trio.TaskStatus[int]) -> None:
             await serve_ws(handle, host, port, max_frame=config.max_frame,
                            handshake_timeout=config.handshake_timeout, ssl_context=tls,
-                           handler_nursery=connections, task_status=task_status)
+                           handler_nursery=connections, limits=self.peer_limits,
+                           task_status=task_status)
 
         if config.socket is not None:
             listener = await open_unix_listener(config.socket)
             self.socket_path = config.socket
             await listeners.start(partial(serve_unix, handle, listener,
-                                          handler_nursery=connections))
+                                          handler_nursery=connections,
+                                          limits=self.peer_limits))
             log.info("listening on unix:%s", config.socket)
         if config.ws is not None:
             host, port = ws_address(config.ws)
@@ -262,12 +337,15 @@ class Daemon:
                            connections: trio.Nursery) -> None:
         config = self.config
         host, port = ws_address(address, "http")
-        listener = self._http_listener = HttpListener(handshake_timeout=config.handshake_timeout)
+        listener = self.http_listener = HttpListener(
+            self.peer_limits, handshake_timeout=config.handshake_timeout)
         settings = HttpSettings(
             server_name=self.server_name, limits=self.limits, max_body=config.http_max_body,
-            sse_heartbeat=config.sse_heartbeat, sse_queue=config.sse_queue,
+            read_timeout=config.read_timeout, sse_heartbeat=config.sse_heartbeat,
+            sse_queue=config.sse_queue,
             sse_queue_bytes=config.sse_queue_bytes, write_timeout=config.write_timeout,
-            check_admin_key=self.check_admin_key)
+            check_admin_key=self.check_admin_key, check_create_key=self.check_create_key,
+            require_create_key=self.requires_create_key())
         guard = BrowserGuard(host, config.http_hosts.split(","), config.http_origins.split(","))
         self.http = HttpChannel(self.service, settings, self.metrics, guard, self.stats,
                                 listener.abort_client)
@@ -279,7 +357,7 @@ class Daemon:
     async def _drain_connections(self) -> None:
         for handler in list(self.connections.values()):
             handler.shutdown("the daemon is shutting down")
-        http = self._http_listener
+        http = self.http_listener
         if self.http is not None and http is not None:
             self.http.shutdown()
             await http.shutdown()
@@ -298,12 +376,13 @@ class Daemon:
         """The daemon's figures; costs the same whatever the number of sessions
         and connections (counters kept as they change, and one store read)."""
         r = self.registry.statistics()
+        lim = self.peer_limits.statistics()
+        bus = self.bus.statistics()
         kinds = {kind: n for kind, n in self._connections_by_kind.items() if n}
-        http = self._http_listener
+        http = self.http_listener
         http_connections = http.statistics().connections if http is not None else 0
         if http_connections:
             kinds["http"] = http_connections
-        bus = self.bus.statistics()
         return {
             "server": self.server_name,
             "pid": os.getpid(),
@@ -322,6 +401,17 @@ class Daemon:
             "connections": len(self.connections) + http_connections,
             "connections_by_transport": kinds,
             "subscribers": bus.subscribers,
+            "limits": {
+                "memory_bytes": r.memory,
+                "history_bytes": bus.history_bytes,
+                "sessions_made_room": r.made_room,
+                "sessions_refused": r.refused,
+                "creates_refused": lim.creates_refused,
+                "connections_refused": lim.connections_refused,
+                "peers_connected": lim.peers_connected,
+                "protocol_errors": lim.protocol_errors,
+                "protocol_errors_not_logged": lim.protocol_errors_not_logged,
+            },
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port, "http_port": self.http_port},
         }

@@ -19,6 +19,7 @@ from .._client import NexusClient, ServerError
 from . import Row
 from ._clock import clock_jump
 from ._daemon import Canary, DaemonProc, percentile
+from ._floods import FLOODS
 
 __all__ = ["CASES"]
 
@@ -342,4 +343,5 @@ CASES: dict[str, Callable[[Path, bool], Row]] = {
     "crash-during-idle": crash_during_idle,
     "mass-hibernation": mass_hibernation,
     "clock-jump": clock_jump,
+    **FLOODS,
 }

@@ -3,8 +3,9 @@ and the channel's shared parts (`ChannelParts`).
 
 Each request becomes a `Principal` of its own (channel from ``?channel=``,
 the `X-Nexus-Channel` header or the body's ``channel``, default "api"; its
-credential from ``Authorization: Bearer``: a session token, or the daemon's
-admin key) and one protocol request, which `SessionService.call` serves; the
+credential from ``Authorization: Bearer``: a session token, the daemon's
+admin key, or its create key; its peer, for the limits, the client's
+address) and one protocol request, which `SessionService.call` serves; the
 reply becomes JSON (`_mapping`).
 """
 
@@ -22,6 +23,7 @@ from nexus_protocol import ErrorCode, Limits, Message
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .._limits import peer_of_address
 from .._principal import Principal
 from .._service import SessionService
 from ._mapping import HttpError, dumps, error_body, parse_json
@@ -45,11 +47,14 @@ class HttpSettings:
     server_name: str
     limits: Limits
     max_body: int
+    read_timeout: float
     sse_heartbeat: float
     sse_queue: int
     sse_queue_bytes: int
     write_timeout: float
     check_admin_key: Callable[[str], bool]
+    check_create_key: Callable[[str], bool] = lambda credential: False
+    require_create_key: bool = False
 
 
 @attrs.define(eq=False)
@@ -97,7 +102,7 @@ class Exchange:
         self.path: Mapping[str, str] = request.path_params
         self.query = request.query_params
         self.token: str | None = None
-        admin = False
+        admin = create = False
         authorization = request.headers.get("authorization")
         if authorization is not None:
             scheme, _, credential = authorization.strip().partition(" ")
@@ -107,14 +112,17 @@ class Exchange:
                                 "Authorization must be 'Bearer <token or admin key>'")
             if parts.settings.check_admin_key(credential):
                 admin = True
+            elif parts.settings.check_create_key(credential):
+                create = True
             else:
                 self.token = credential
         self.admin = admin
+        self.create_key = create
         self._principal: Principal | None = None
 
     @property
     def credential_given(self) -> bool:
-        return self.admin or self.token is not None
+        return self.admin or self.create_key or self.token is not None
 
     def principal(self, body_channel: Any = None) -> Principal:
         """The request's principal; its channel label comes from the query,
@@ -129,28 +137,40 @@ class Exchange:
             if channel is None and isinstance(body_channel, str):
                 channel = body_channel
             client = headers.get("x-nexus-client") or "http"
+            address = self.request.scope.get("client")
+            peer = peer_of_address(address[0] if address else "?")
+            settings = self.parts.settings
+            may_create = self.admin or self.create_key or not (
+                settings.require_create_key and peer.network)
             self._principal = Principal(f"h{next(_ids)}", _label(channel or "api", "channel"),
-                                        _label(client, "X-Nexus-Client"), self.admin)
+                                        _label(client, "X-Nexus-Client"), self.admin,
+                                        peer=peer, may_create=may_create)
         return self._principal
 
     async def body(self) -> bytes:
-        """The request body, at most `max_body` bytes.
+        """The request body, at most `max_body` bytes, complete within
+        `read_timeout`.
 
         Raises:
-            HttpError: `too_large` past the limit.
+            HttpError: `too_large` past the limit, `bad_request` (408) for a
+                body that does not come in time.
         """
-        limit = self.parts.settings.max_body
+        settings = self.parts.settings
+        limit = settings.max_body
         declared = self.request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
         chunks, size = [], 0
-        async with aclosing(self.request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-        return b"".join(chunks)
+        with trio.move_on_after(settings.read_timeout):
+            async with aclosing(self.request.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+            return b"".join(chunks)
+        raise HttpError(ErrorCode.BAD_REQUEST, "the request body did not come within "
+                        f"{settings.read_timeout:g}s (read_timeout)", status=408)
 
     async def json(self, *, optional: bool = False) -> Any:
         """The JSON body (an empty body is `{}` when `optional`).

@@ -14,10 +14,11 @@ The listener keeps each connection's socket by the client's address, and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -27,6 +28,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from .._limits import PeerLimits, peer_of_address
 from ..transports._common import bracket, in_use, run_alone
 
 __all__ = ["HttpListener", "HttpListenerStatistics"]
@@ -45,13 +47,16 @@ class HttpListenerStatistics:
 class HttpListener:
     """Serves an ASGI app over HTTP; see the module's docstring.
 
-    `keep_alive` is how long an idle connection stays open; `max_header`
-    bounds a request's head (request line and headers), in bytes;
+    `limits` admits each connection (one over them is answered 503 and
+    closed); `keep_alive` is how long an idle connection stays open, and
+    how long one has to send its first request's head; `max_header` bounds
+    a request's head (request line and headers), in bytes;
     `handshake_timeout` the time a TLS handshake may take.
     """
 
-    def __init__(self, *, keep_alive: float = 5.0, max_header: int = 16 * 1024,
-                 handshake_timeout: float = 10.0) -> None:
+    def __init__(self, limits: PeerLimits, *, keep_alive: float = 5.0,
+                 max_header: int = 16 * 1024, handshake_timeout: float = 10.0) -> None:
+        self._limits = limits
         config = HypercornConfig()
         config.accesslog = None
         config.errorlog = logging.getLogger("nexusd.http.server")
@@ -112,6 +117,10 @@ class HttpListener:
             await raw.aclose()
             return  # gone before it was served
         key = (peer[0], peer[1])
+        remote = peer_of_address(peer[0])
+        if not self._limits.admit_connection(remote):
+            await _refuse(stream)
+            return
         self._sockets[key] = raw
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -122,6 +131,7 @@ class HttpListener:
             # Whatever one connection raises is logged and goes no further.
             await run_alone(f"http {bracket(peer[0])}:{peer[1]}", server.run)
         finally:
+            self._limits.release_connection(remote)
             if self._sockets.get(key) is raw:
                 del self._sockets[key]
             if not self._sockets:
@@ -148,3 +158,19 @@ class HttpListener:
         """Cuts every connection still open."""
         for raw in list(self._sockets.values()):
             raw.socket.close()
+
+
+_BUSY: Final = (b'{"error":{"code":"busy","message":"the daemon has as many connections as '
+                b'it may"}}\n')
+
+
+async def _refuse(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
+    """Answers a connection over the limits 503 (if it can, within a second) and closes it."""
+    with trio.move_on_after(1), contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\n"
+                              b"content-type: application/json\r\nretry-after: 1\r\n"
+                              b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+                              % (len(_BUSY), _BUSY))
+    with trio.move_on_after(1, shield=True):
+        await stream.aclose()

@@ -86,6 +86,7 @@ T = TypeVar("T")
 
 #: SQLite's durabilities ("none": an in-memory database; see above).
 DURABILITIES: Final = ("none", "process", "power")
+_WAL_LIMIT: Final = 64 << 20  # bytes the WAL file is brought back to after a burst
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
 
 
@@ -127,7 +128,7 @@ def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Conn
                 raise StoreError(f"cannot put the database in WAL mode (it is in {mode})")
             level = "FULL" if durability == "power" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {level}")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
         conn.execute("PRAGMA secure_delete = ON")
     except BaseException:
         conn.close()
@@ -585,8 +586,12 @@ async def open_sqlite_store(
                 r.execute("PRAGMA query_only = ON")
             checkpointer = None
             if durability == "process":
-                conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-                checkpointer = Checkpointer(_connect(target, durability))
+                # Checkpoints and WAL truncation are the checkpointer's job,
+                # in its thread: this connection commits in trio's.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                conn.execute("PRAGMA journal_size_limit = -1")
+                checkpointer = Checkpointer(_connect(target, durability), target + "-wal",
+                                            _WAL_LIMIT)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None

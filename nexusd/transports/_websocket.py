@@ -14,7 +14,8 @@ import trio
 from nexus_protocol import Framing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from ._common import Handler, bracket, in_use, run_alone
+from .._limits import Peer, PeerLimits, peer_of_address
+from ._common import Handler, accept_loop, bracket, in_use, run_alone
 
 __all__ = ["WebSocketTransport", "serve_ws"]
 
@@ -30,9 +31,10 @@ class WebSocketTransport:
     framing = Framing.MESSAGE
     admin = False
 
-    def __init__(self, ws: WebSocketConnection, peer: str) -> None:
+    def __init__(self, ws: WebSocketConnection, peer: str, remote: Peer) -> None:
         self.ws = ws
         self.peer = peer
+        self.remote = remote
 
     async def receive(self) -> bytes:
         try:
@@ -58,11 +60,13 @@ class WebSocketTransport:
 
 async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
                    handshake_timeout: float, ssl_context: ssl.SSLContext | None,
-                   handler_nursery: trio.Nursery,
+                   handler_nursery: trio.Nursery, limits: PeerLimits,
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serves WebSocket connections in `handler_nursery`, handing each
     `WebSocketTransport` to `handler`; reports the bound port through
-    `task_status`. A client has `handshake_timeout` to complete the upgrade.
+    `task_status`. A client has `handshake_timeout` to complete the upgrade;
+    one over `limits` is closed at once (its upgrade answered 503 if it
+    comes within `CLOSE_TIMEOUT`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -82,7 +86,10 @@ async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
                       ) from None
 
     async def connection(stream: trio.abc.Stream) -> None:
-        peer = _ws_peer(stream)
+        peer, remote = _ws_peer(stream)
+        if not limits.admit_connection(remote):
+            await _refuse(stream)
+            return
 
         async def run() -> None:
             # The nursery holds the WebSocket's reader task.
@@ -94,7 +101,7 @@ async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
                                                            max_message_size=max_frame + 1)
                         ws = await request.accept()
                     if ws is not None:
-                        await handler(WebSocketTransport(ws, peer))
+                        await handler(WebSocketTransport(ws, peer, remote))
                 finally:
                     # (trio closes the stream itself when this returns.)
                     if ws is not None:
@@ -102,10 +109,29 @@ async def serve_ws(handler: Handler, host: str, port: int, *, max_frame: int,
                             await ws.aclose()
                     nursery.cancel_scope.cancel()
 
-        await run_alone(peer, run)
+        try:
+            await run_alone(peer, run)
+        finally:
+            limits.release_connection(remote)
 
     task_status.started(_tcp_socket(listeners[0]).getsockname()[1])
-    await trio.serve_listeners(connection, listeners, handler_nursery=handler_nursery)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, _tcp_socket(listener), connection,
+                               handler_nursery)
+
+
+async def _refuse(stream: trio.abc.Stream) -> None:
+    """Answers an upgrade over the connection limits with 503, if it comes soon."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            try:
+                request = await wrap_server_stream(nursery, stream, max_message_size=1024)
+                await request.reject(503, body=b"the daemon has as many connections as it may")
+            except (ConnectionClosed, OSError, trio.BrokenResourceError,
+                    trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()
 
 
 def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
@@ -115,10 +141,11 @@ def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
     return tcp.socket  # type: ignore[no-any-return]
 
 
-def _ws_peer(stream: trio.abc.Stream) -> str:
-    """The client's address, read from a socket the client may have reset."""
+def _ws_peer(stream: trio.abc.Stream) -> tuple[str, Peer]:
+    """The client's address, read from a socket the client may have reset,
+    and its `Peer`."""
     try:
         host, port = _tcp_socket(stream).getpeername()[:2]
     except OSError:
-        return "ws:?"
-    return f"ws:{bracket(host)}:{port}"
+        return "ws:?", peer_of_address("?")
+    return f"ws:{bracket(host)}:{port}", peer_of_address(host)

@@ -3,6 +3,7 @@ as HTTP statuses, never a traceback or an HTML page, nothing changed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -181,6 +182,55 @@ async def test_browser_rules_host_and_origin(daemon: Daemon) -> None:
         assert (await client.get(f"/sessions/{sid}", headers=auth)).json()["seq"] == 2
 
 
+@pytest.mark.daemon_config(http="127.0.0.1:0", create_burst=2, create_rate=0.01)
+async def test_creates_past_the_peers_bucket_are_429(daemon: Daemon) -> None:
+    async with http_client(daemon) as client:
+        for _ in range(2):
+            assert (await client.post("/sessions")).status_code == 201
+        r = await client.post("/sessions")
+        assert "faster" in error_of(r, 429, "busy")
+        assert int(r.headers["retry-after"]) >= 1
+        # The admin key is not limited.
+        admin = {"Authorization": f"Bearer {daemon.admin_key}"}
+        assert (await client.post("/sessions", headers=admin)).status_code == 201
+
+
+@pytest.mark.daemon_config(http="127.0.0.1:0", require_create_key="always")
+async def test_creating_needs_the_create_key_when_the_daemon_asks(daemon: Daemon) -> None:
+    assert daemon.create_key is not None
+    async with http_client(daemon) as client:
+        assert "create key" in error_of(await client.post("/sessions"), 403, "forbidden")
+        r = await client.post("/sessions",
+                              headers={"Authorization": f"Bearer {daemon.create_key}"})
+        assert r.status_code == 201, r.text
+
+
+@pytest.mark.daemon_config(http="127.0.0.1:0", max_connections_per_peer=2)
+async def test_connections_past_the_limit_are_503(daemon: Daemon) -> None:
+    assert daemon.http_port is not None
+    with trio.fail_after(TIMEOUT):
+        held = [await trio.open_tcp_stream("127.0.0.1", daemon.http_port) for _ in range(2)]
+        try:
+            extra = await trio.open_tcp_stream("127.0.0.1", daemon.http_port)
+            answer = b""
+            while chunk := await extra.receive_some(4096):
+                answer += chunk
+            await extra.aclose()
+        finally:
+            for stream in held:
+                await stream.aclose()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"retry-after: 1" in head.lower()
+    assert json.loads(body)["error"]["code"] == "busy"
+    # Once they are gone (the daemon sees them close), a client is served again.
+    assert daemon.http_listener is not None
+    with trio.fail_after(TIMEOUT):
+        await daemon.http_listener.wait_closed()
+    async with http_client(daemon) as client:
+        assert (await client.post("/sessions")).status_code == 201
+
+
 class _Service:
     """A session service that answers every call with `reply`, or raises."""
 
@@ -195,7 +245,8 @@ class _Service:
 
 def _app(reply: p.Message | None) -> HttpChannel:
     settings = HttpSettings(server_name="test", limits=p.Limits(), max_body=1024,
-                            sse_heartbeat=15, sse_queue=8, sse_queue_bytes=1 << 20,
+                            read_timeout=30, sse_heartbeat=15, sse_queue=8,
+                            sse_queue_bytes=1 << 20,
                             write_timeout=30, check_admin_key=lambda key: False)
 
     async def figures() -> dict[str, Any]:

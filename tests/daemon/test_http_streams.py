@@ -40,7 +40,8 @@ async def test_a_quiet_stream_sends_heartbeats(daemon: Daemon, autojump_clock: o
         assert events.comments == 2  # at 5 s and 10 s
 
 
-@pytest.mark.daemon_config(http="127.0.0.1:0", sse_queue=8, write_timeout=30.0)
+@pytest.mark.daemon_config(http="127.0.0.1:0", sse_queue=8, write_timeout=30.0,
+                           retention_bytes=64 << 20)
 async def test_a_reader_that_stops_is_cut_without_stalling_the_session(
         daemon: Daemon, autojump_clock: object) -> None:
     sid, token = await _session(daemon)

@@ -19,7 +19,7 @@ import trio.testing
 from store_helpers import NOW, FakeWallClock, events, make_meta, raw_db, wait_queued, writer_paused
 from trio.testing import MockClock
 
-from nexusd.store import _writer
+from nexusd.store import _sqlite, _writer
 from nexusd.store._crypto import KeyRing
 from nexusd.store._interface import SessionMeta
 from nexusd.store._schema import (
@@ -270,6 +270,63 @@ async def test_the_wal_is_checkpointed_outside_the_writer(
             while not checkpointer.checkpoints:  # noqa: ASYNC110 - set by a thread
                 await trio.sleep(0.01)
         assert backfilled()
+
+
+async def test_a_lone_write_commits_in_trios_thread_a_storm_in_a_worker(
+        tmp_path: Path, frozen_clock: MockClock) -> None:
+    # A lone write keeps its fast path (no hand-off to a thread); a batch of
+    # hundreds of snapshots (sessions hibernating together) would hold the
+    # event loop for tens of ms, and commits in a worker thread instead.
+    store = await open_sqlite_store(tmp_path, durability="process")
+    threads: list[int] = []
+
+    def write(conn: sqlite3.Connection) -> None:
+        threads.append(threading.get_ident())
+
+    async with store:
+        writer = store._writer
+        await writer.submit("raw", write)
+        assert threads == [threading.get_ident()]
+        threads.clear()
+        async with trio.open_nursery() as nursery, writer_paused(store):
+            for _ in range(_writer._INLINE_BATCH + 1):
+                nursery.start_soon(writer.submit, "snapshot", write)
+            await wait_queued(store, _writer._INLINE_BATCH + 1)
+        assert len(threads) == _writer._INLINE_BATCH + 1
+        assert threading.get_ident() not in threads
+        assert store.statistics().largest_batch == _writer._INLINE_BATCH + 1
+        assert writer.threaded_commits == 1  # type: ignore[attr-defined]
+
+
+async def test_a_commit_never_truncates_the_wal_in_trios_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Shortening a WAL file grown to hundreds of MB by a burst takes the
+    # kernel 100-250 ms: the first commit after a full checkpoint would do it
+    # (journal_size_limit) in trio's thread, stalling the event loop. The
+    # checkpointer's thread brings the WAL back under its limit instead.
+    monkeypatch.setattr(_sqlite, "_WAL_LIMIT", 64 << 10)
+    store = await open_sqlite_store(tmp_path, durability="process")
+    wal = tmp_path / (DB_FILE + "-wal")
+    async with store:
+        checkpointer = store._writer._checkpointer  # type: ignore[attr-defined]
+        checkpointer._wal_limit = 1 << 40  # not yet
+        for i in range(200):
+            await store.create(make_meta(f"s{i:03d}"), b"x" * 2000)
+        grown = wal.stat().st_size
+        assert grown > 10 * (64 << 10)
+        with raw_db(tmp_path) as conn:  # every frame copied: the next commit restarts the WAL
+            _busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert log == done
+        await store.append(make_meta("s000"), events(1, 1))
+        assert wal.stat().st_size == grown
+        checkpointer._wal_limit = 64 << 10
+        with trio.fail_after(10):  # real time: the checkpointer is a thread
+            while wal.stat().st_size > 64 << 10:  # noqa: ASYNC110 - done by a thread
+                await trio.sleep(0.01)
+        assert checkpointer.truncations >= 1
+        await store.append(make_meta("s000"), events(2, 2))
+        loaded = await store.load("s000")
+        assert loaded is not None and list(loaded.events) == events(1, 2)
 
 
 def _stored_idle(data: Path, session_id: str) -> float:
