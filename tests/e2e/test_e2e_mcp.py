@@ -1,0 +1,132 @@
+"""The MCP channel with the SDK's own client: ``nexus mcp`` (stdio) as an MCP
+host launches it, against a real daemon, and the daemon's ``/mcp``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import mcp_types as types
+import pytest
+import trio
+from mcp import Client, StdioServerParameters
+
+from ._procs import NEXUS, Cli, DaemonProcess
+
+TOOLS = {"create_session", "sync_session", "get_session_data", "set_session_data",
+         "delete_session_data", "patch_session_data", "update_session_context",
+         "initiate_channel_switch", "complete_channel_switch", "renew_session",
+         "get_session_summary"}
+
+#: Hard bound of one MCP exchange in these tests, in seconds.
+TIMEOUT = 30
+
+
+class Notes:
+    """The resource-updated notifications a client received."""
+
+    def __init__(self) -> None:
+        self.updated: list[str] = []
+        self._changed = trio.Event()
+
+    async def handle(self, message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            self.updated.append(str(message.params.uri))
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, uri: str) -> None:
+        with trio.fail_after(TIMEOUT):
+            while uri not in self.updated:
+                await self._changed.wait()
+
+
+def _create(cli: Cli, *extra: str) -> dict[str, Any]:
+    result = cli.run("session", "create", "--json", *extra)
+    assert result.code == 0, result.err
+    return dict(json.loads(result.out))
+
+
+@asynccontextmanager
+async def bridge(cli: Cli, *args: str, notes: Notes | None = None) -> AsyncIterator[Client]:
+    params = StdioServerParameters(command=NEXUS[0], args=[*NEXUS[1:], "mcp", *args],
+                                   env=cli.env)
+    with trio.fail_after(TIMEOUT):
+        async with Client(params, mode="legacy",
+                          message_handler=notes.handle if notes else None) as client:
+            yield client
+
+
+def _text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+# Hosts of the handshake era (all of them today) subscribe this way; the SDK
+# warns that the 2026-07-28 protocol replaces it with `subscriptions/listen`.
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+async def test_stdio_round_trip_and_cli_write_notified(daemon: DaemonProcess, cli: Cli) -> None:
+    sid = _create(cli)["session_id"]
+    notes = Notes()
+    async with bridge(cli, "--session", sid, notes=notes) as client:
+        tools = await client.list_tools()
+        assert {t.name for t in tools.tools} == TOOLS
+        resources = await client.list_resources()
+        assert [r.uri for r in resources.resources] == [f"nexus://sessions/{sid}"]
+        written = await client.call_tool("set_session_data",
+                                         {"session_id": sid, "key": "task", "value": "draft"})
+        assert not written.is_error, _text(written)
+        state = await client.call_tool("sync_session", {"session_id": sid})
+        assert state.structured_content["entries"]["task"]["value"] == "draft"
+        assert state.structured_content["entries"]["task"]["channel"] == "mcp"
+
+        uri = f"nexus://sessions/{sid}/data/task"
+        await client.subscribe_resource(uri)
+        done = await trio.to_thread.run_sync(cli.run, "set", sid, "task", "final")
+        assert done.code == 0, done.err
+        await notes.wait_for(uri)
+        read = await client.read_resource(uri)
+        content = read.contents[0]
+        assert isinstance(content, types.TextResourceContents)
+        assert json.loads(content.text)["value"] == "final"
+
+        conflict = await client.call_tool("set_session_data", {
+            "session_id": sid, "key": "task", "value": "x", "expected_version": 1})
+        assert conflict.is_error
+        assert _text(conflict).startswith("conflict: ")
+        assert "re-read" in _text(conflict)
+
+
+async def test_stdio_wrong_token_refused(daemon: DaemonProcess, cli: Cli) -> None:
+    other = _create(cli, "--no-save")["session_id"]
+    async with bridge(cli) as client:
+        result = await client.call_tool("get_session_data",
+                                        {"session_id": other, "token": "not-the-token"})
+        assert result.is_error
+        assert _text(result).startswith("unauthorized: ")
+        bare = await client.call_tool("sync_session", {"session_id": other})
+        assert bare.is_error
+
+
+async def test_create_then_continue_without_token(daemon: DaemonProcess, cli: Cli) -> None:
+    async with bridge(cli) as client:
+        created = await client.call_tool("create_session", {"metadata": {"from": "agent"}})
+        assert not created.is_error, _text(created)
+        sid = created.structured_content["session_id"]
+        assert "token" not in created.structured_content
+        written = await client.call_tool("set_session_data",
+                                         {"session_id": sid, "key": "k", "value": [1, 2]})
+        assert not written.is_error, _text(written)
+        assert written.structured_content["version"] == 1
+
+
+def test_bridge_exits_when_stdin_closes(daemon: DaemonProcess, cli: Cli) -> None:
+    # An empty stdin: the host closed it before saying anything.
+    done = subprocess.run([*NEXUS, "mcp"], input=b"", capture_output=True, env=cli.env,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b""
