@@ -200,6 +200,12 @@ class Config:
     sse_queue_bytes: int = attrs.field(
         default=8 << 20,
         metadata={"help": "bytes queued per HTTP event stream before it lags"})
+    mcp_max_sessions: int = attrs.field(
+        default=1000, metadata={"help": "MCP sessions open at once on /mcp (one more is "
+                                        "answered 503)"})
+    mcp_idle_timeout: float = attrs.field(
+        default=1800.0, converter=_duration,
+        metadata={"help": "an MCP session on /mcp with no request for this long ends"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -209,7 +215,7 @@ class Config:
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
-                     "http_max_body", "sse_queue", "sse_queue_bytes"):
+                     "http_max_body", "sse_queue", "sse_queue_bytes", "mcp_max_sessions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -230,6 +236,8 @@ class Config:
             ws_address(self.http, "http")
         if self.sse_heartbeat <= 0:
             raise ConfigError("sse_heartbeat must be positive")
+        if self.mcp_idle_timeout <= 0:
+            raise ConfigError("mcp_idle_timeout must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -348,7 +348,12 @@ class Daemon:
             require_create_key=self.requires_create_key())
         guard = BrowserGuard(host, config.http_hosts.split(","), config.http_origins.split(","))
         self.http = HttpChannel(self.service, settings, self.metrics, guard, self.stats,
-                                listener.abort_client)
+                                listener.abort_client,
+                                mcp_max_sessions=config.mcp_max_sessions,
+                                mcp_idle_timeout=config.mcp_idle_timeout)
+        if self.http.mcp is not None:
+            assert self._services is not None
+            await self._services.start(self.http.mcp.run)
         tls = self._tls()
         self.http_port = await listeners.start(partial(
             listener.serve, self.http.app, host, port, tls, handler_nursery=connections))

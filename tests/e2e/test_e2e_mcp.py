@@ -4,17 +4,22 @@ host launches it, against a real daemon, and the daemon's ``/mcp``."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx2
 import mcp_types as types
 import pytest
 import trio
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
-from ._procs import NEXUS, Cli, DaemonProcess
+from ._procs import NEXUS, Cli, DaemonProcess, clean_environ
 
 TOOLS = {"create_session", "sync_session", "get_session_data", "set_session_data",
          "delete_session_data", "patch_session_data", "update_session_context",
@@ -130,3 +135,89 @@ def test_bridge_exits_when_stdin_closes(daemon: DaemonProcess, cli: Cli) -> None
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""
+
+
+# ------------------------------------------------------------ streamable HTTP
+
+
+@pytest.fixture(scope="module")
+def http_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """A daemon with its HTTP listener (and so ``/mcp``) on a free port."""
+    base = tmp_path_factory.mktemp("mcp-http")
+    sockets = Path(tempfile.mkdtemp(prefix="nx-"))
+    (base / "home").mkdir()
+    process = DaemonProcess(base / "data", sockets / "n.sock", base / "nexusd.log",
+                            "--durability", "memory", env=clean_environ(base / "home"),
+                            http=True)
+    process.start()
+    try:
+        process.wait_ready()
+        yield process
+        code = process.stop()
+        log = process.log_text()
+        assert code == 0, log
+        assert "Traceback" not in log, log
+    finally:
+        process.kill()
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+@asynccontextmanager
+async def over_http(daemon: DaemonProcess, token: str | None = None,
+                    notes: Notes | None = None) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with trio.fail_after(TIMEOUT):
+        async with httpx2.AsyncClient(headers=headers) as http, Client(
+                streamable_http_client(f"{daemon.http_url}/mcp", http_client=http),
+                mode="legacy", message_handler=notes.handle if notes else None) as client:
+            yield client
+
+
+# The SDK's HTTP client leaves httpx2's (and httpcore2's) stream generators for trio to finalize.
+HTTPX2_GENERATORS = "ignore:Async generator 'http:ResourceWarning"
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed", HTTPX2_GENERATORS)
+async def test_http_bearer_round_trip_and_cli_write_notified(http_daemon: DaemonProcess,
+                                                             home: Path) -> None:
+    cli = Cli({**clean_environ(home), "NEXUS_SOCKET": str(http_daemon.socket)})
+    created = _create(cli)
+    sid, token = created["session_id"], created["token"]
+    notes = Notes()
+    async with over_http(http_daemon, token, notes) as client:
+        assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+        templates = await client.list_resource_templates()
+        assert {t.uri_template for t in templates.resource_templates} == {
+            "nexus://sessions/{session_id}", "nexus://sessions/{session_id}/data/{key}"}
+        written = await client.call_tool("set_session_data",
+                                         {"session_id": sid, "key": "step", "value": 1})
+        assert not written.is_error, _text(written)
+        state = await client.call_tool("sync_session", {"session_id": sid})
+        assert state.structured_content["entries"]["step"] == {
+            "value": 1, "version": 1, "channel": "mcp",
+            "updated_at": state.structured_content["entries"]["step"]["updated_at"]}
+
+        uri = f"nexus://sessions/{sid}"
+        await client.subscribe_resource(uri)
+        done = await trio.to_thread.run_sync(cli.run, "set", sid, "step", "2")
+        assert done.code == 0, done.err
+        await notes.wait_for(uri)
+
+        conflict = await client.call_tool("delete_session_data", {
+            "session_id": sid, "key": "step", "expected_version": 1})
+        assert conflict.is_error
+        assert conflict.structured_content["error"]["code"] == "conflict"
+
+
+@pytest.mark.filterwarnings(HTTPX2_GENERATORS)
+async def test_http_wrong_token_refused(http_daemon: DaemonProcess, home: Path) -> None:
+    cli = Cli({**clean_environ(home), "NEXUS_SOCKET": str(http_daemon.socket)})
+    sid = _create(cli)["session_id"]
+    async with over_http(http_daemon, "wrong-token") as client:
+        result = await client.call_tool("sync_session", {"session_id": sid})
+        assert result.is_error
+        assert _text(result).startswith("unauthorized: ")
+    async with over_http(http_daemon) as client:
+        result = await client.call_tool("get_session_data", {"session_id": sid, "key": "k"})
+        assert result.is_error
+        assert result.structured_content["error"]["code"] == "unauthorized"

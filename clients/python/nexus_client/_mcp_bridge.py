@@ -39,8 +39,9 @@ class ClientBackend:
         session_id = getattr(request, "session_id", None)
         try:
             # The reply's type is the request's business: any reply is taken.
-            return await self.client._request(lambda rid: attrs.evolve(request, id=rid),
-                                              Message, session_id=session_id)
+            return await self.client._request(
+                lambda rid: attrs.evolve(request, id=rid),  # type: ignore[misc]
+                Message, session_id=session_id)
         except NexusError as exc:
             return Error(id=0, code=exc.code, message=exc.message,
                          retry_after=exc.retry_after)
