@@ -357,6 +357,7 @@ class Daemon:
             "started_at": self._started_wall,
             "uptime_seconds": trio.current_time() - self._started_at,
             "durability": self.config.durability,
+            **(self.service.workflows.statistics() if self.service.workflows else {}),
             "sessions_active": r.active,
             "sessions_stored": await self.store.count(),
             "sessions_created": r.created,
