@@ -113,3 +113,20 @@ async def test_a_run_in_flight_survives_kill_9_of_the_daemon(
     finally:
         first.kill()
         second.kill()
+
+
+def test_the_guides_register_and_execute(daemon: DaemonProcess) -> None:
+    def load(ctx: Any, inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"loaded": inputs["data"]}
+
+    def size(ctx: Any, inputs: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        return {"size": len(data["loaded"])}
+
+    with Nexus(str(daemon.socket), timeout=WAIT) as app:
+        app.register("guide-steps", steps(load, size))
+        sid = app.create_session(channel="api")
+        outcome = app.execute("guide-steps", sid, {"data": "initial"})
+        assert outcome["state"] == "completed" and outcome["progress"] == 1.0
+        assert outcome["result"] == {"loaded": "initial", "size": 7}
+        assert app.get_session_data(sid, "current_step") == 2
+        assert app.get_session_data(sid, "progress") == 100.0
