@@ -25,7 +25,17 @@ import trio
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from nexus_mcp import Binding, WatchRefused, build_server
-from nexus_protocol import Detach, ErrorCode, Limits, Message, decode_body
+from nexus_protocol import (
+    Detach,
+    ErrorCode,
+    Limits,
+    Message,
+    Progress,
+    Result,
+    Run,
+    RunStarted,
+    decode_body,
+)
 from starlette.types import Receive, Scope, Send
 
 from .._errors import RequestError
@@ -95,6 +105,36 @@ class _Follower:
             yield decode_body(item, _EVENT_LIMITS) if isinstance(item, bytes) else item
 
 
+class _RunFollower:
+    """The sink of a run started over MCP: its reply, then its progress and
+    result (progress past `FOLLOW_QUEUE` waiting is dropped: the session's
+    journal keeps it)."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Message] = deque()
+        self._wake = trio.Event()
+
+    def reply(self, message: Message) -> None:
+        if isinstance(message, Progress) and len(self._queue) >= FOLLOW_QUEUE:
+            return
+        self._queue.append(message)
+        self._wake.set()
+
+    def reply_event(self, body: bytes) -> None:
+        pass  # a run's events come as replies
+
+    async def events(self) -> AsyncIterator[Message]:
+        while True:
+            if not self._queue:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            message = self._queue.popleft()
+            yield message
+            if isinstance(message, Result) or not isinstance(message, RunStarted | Progress):
+                return
+
+
 class ServiceBackend:
     """`nexus_mcp.Backend` over the session service, for one principal."""
 
@@ -104,6 +144,12 @@ class ServiceBackend:
 
     async def call(self, request: Message) -> Message:
         return await self.service.call(self.principal, request)
+
+    @asynccontextmanager
+    async def run(self, request: Run) -> AsyncIterator[AsyncIterator[Message]]:
+        follower = _RunFollower()
+        await self.service.submit(self.principal, request, follower)
+        yield follower.events()
 
     @asynccontextmanager
     async def watch(self, session_id: str, token: str | None

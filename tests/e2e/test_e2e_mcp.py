@@ -18,10 +18,11 @@ import pytest
 import trio
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from nexus_client import RunContext, Worker, open_client
 
 from ._procs import NEXUS, Cli, DaemonProcess, clean_environ
 
-TOOLS = {"create_session", "sync_session", "get_session_data", "set_session_data",
+TOOLS = {"run_workflow", "create_session", "sync_session", "get_session_data", "set_session_data",
          "delete_session_data", "patch_session_data", "update_session_context",
          "initiate_channel_switch", "complete_channel_switch", "renew_session",
          "get_session_summary"}
@@ -221,3 +222,50 @@ async def test_http_wrong_token_refused(http_daemon: DaemonProcess, home: Path) 
         result = await client.call_tool("get_session_data", {"session_id": sid, "key": "k"})
         assert result.is_error
         assert result.structured_content["error"]["code"] == "unauthorized"
+
+
+# ------------------------------------------------------------------ workflows
+
+
+async def _tally(ctx: RunContext, inputs: dict[str, Any]) -> dict[str, Any]:
+    await ctx.progress(1, 2, "counting")
+    await ctx.progress(2, 2, "done")
+    return {"sum": sum(inputs["values"])}
+
+
+async def _run_with_progress(client: Client, sid: str) -> tuple[types.CallToolResult,
+                                                                list[tuple[float, str | None]]]:
+    seen: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, message))
+
+    result = await client.call_tool("run_workflow", {
+        "session_id": sid, "workflow": "tally", "inputs": {"values": [1, 2, 3]}},
+        progress_callback=on_progress)
+    return result, seen
+
+
+@pytest.mark.filterwarnings(HTTPX2_GENERATORS)
+async def test_run_workflow_reports_progress_and_returns_the_result(
+        http_daemon: DaemonProcess, home: Path) -> None:
+    cli = Cli({**clean_environ(home), "NEXUS_SOCKET": str(http_daemon.socket)})
+    created = _create(cli)
+    sid, token = created["session_id"], created["token"]
+    async with trio.open_nursery() as nursery, open_client(
+            str(http_daemon.socket), channel="worker") as worker_client:
+        await nursery.start(Worker({"tally": _tally}).serve, worker_client)
+        async with bridge(cli, "--session", sid) as client:
+            result, seen = await _run_with_progress(client, sid)
+            assert not result.is_error, _text(result)
+            assert result.structured_content["status"] == "completed"
+            assert result.structured_content["result"] == {"sum": 6}
+            assert seen == [(0.5, "counting"), (1.0, "done")]
+        async with over_http(http_daemon, token) as client:
+            result, seen = await _run_with_progress(client, sid)
+            assert result.structured_content["result"] == {"sum": 6}
+            assert seen == [(0.5, "counting"), (1.0, "done")]
+            missing = await client.call_tool("run_workflow",
+                                             {"session_id": sid, "workflow": "nobody-serves"})
+            assert missing.is_error
+        nursery.cancel_scope.cancel()

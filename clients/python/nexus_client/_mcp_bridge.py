@@ -19,7 +19,7 @@ import attrs
 import trio
 from mcp.server.stdio import stdio_server
 from nexus_mcp import Binding, WatchRefused, build_server
-from nexus_protocol import Error, Message
+from nexus_protocol import Error, Message, Progress, Result, Run, RunStarted
 
 from ._async_client import AsyncClient
 from ._errors import NexusError
@@ -47,6 +47,11 @@ class ClientBackend:
                          retry_after=exc.retry_after)
 
     @asynccontextmanager
+    async def run(self, request: Run) -> AsyncIterator[AsyncIterator[Message]]:
+        async with self.client.follow_runs(request.session_id) as events:
+            yield _run_events(await self.call(request), events)
+
+    @asynccontextmanager
     async def watch(self, session_id: str, token: str | None) -> AsyncIterator[
             AsyncIterator[Message]]:
         try:
@@ -63,6 +68,18 @@ class ClientBackend:
 async def _events(watch: Any) -> AsyncIterator[Message]:
     async for event in watch:
         yield event
+
+
+async def _run_events(first: Message, events: trio.MemoryReceiveChannel[Progress | Result]
+                      ) -> AsyncIterator[Message]:
+    yield first
+    if not isinstance(first, RunStarted):
+        return
+    async for event in events:
+        if event.run_id == first.run_id:
+            yield event
+            if isinstance(event, Result):
+                return
 
 
 async def serve_stdio(client: AsyncClient, tokens: dict[str, str],

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import attrs
 import trio
-from nexus_protocol import Change, Error, Expired, Invalidated, Lagged, Message, Snapshot
+from nexus_protocol import Change, Error, Expired, Invalidated, Lagged, Message, Run, Snapshot
 
 __all__ = ["Backend", "Binding", "WatchRefused", "data_uri", "session_uri"]
 
@@ -47,6 +47,10 @@ class Backend(Protocol):
     async def call(self, request: Message) -> Message:
         """The reply to `request` (its `id` is the backend's to set); an
         `error` reply if it failed."""
+
+    def run(self, request: Run) -> AbstractAsyncContextManager[AsyncIterator[Message]]:
+        """Starts a workflow run: its reply (`run_started`, or an `error`),
+        then the run's `progress` events and its `result`."""
 
     def watch(self, session_id: str, token: str | None
               ) -> AbstractAsyncContextManager[AsyncIterator[Message]]:

@@ -29,7 +29,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
-from nexus_protocol import Created, Error, Get, Message, Report
+from nexus_protocol import Created, Error, Get, Message, Progress, Report, Result, Run, RunStarted
 
 from ._binding import Binding, WatchRefused, session_uri
 from ._tools import TOOLS, Tool
@@ -130,6 +130,8 @@ def build_server(binding_of: BindingOf, *, version: str = "") -> Server[Any]:
             request = tool.request(args, token)
         except (TypeError, ValueError) as exc:
             return tool_error("bad_request", str(exc))
+        if isinstance(request, Run):
+            return await _run_workflow(ctx, binding, request, given)
         reply = await binding.call(request, session_id=sid, token=given)
         if isinstance(reply, Error):
             return tool_error(reply.code, reply.message, reply.retry_after)
@@ -195,6 +197,32 @@ def build_server(binding_of: BindingOf, *, version: str = "") -> Server[Any]:
                   on_list_resources=list_resources,
                   on_list_resource_templates=list_templates, on_read_resource=read_resource,
                   on_subscribe_resource=subscribe, on_unsubscribe_resource=unsubscribe)
+
+
+async def _run_workflow(ctx: ServerRequestContext[Any, Any], binding: Binding, request: Run,
+                        given: str | None) -> types.CallToolResult:
+    """Runs the workflow; each `progress` becomes an MCP progress notification
+    (when the caller asked for them with a progress token)."""
+    progress_token = (ctx.meta or {}).get("progress_token")
+    async with binding.backend.run(request) as events:
+        async for event in events:
+            if isinstance(event, Error):
+                return tool_error(event.code, event.message, event.retry_after)
+            if isinstance(event, RunStarted):
+                if given:
+                    binding.tokens[request.session_id] = given
+            elif isinstance(event, Progress):
+                if progress_token is not None:
+                    await ctx.session.send_progress_notification(
+                        progress_token, event.progress, 1.0, event.step,
+                        related_request_id=ctx.request_id)  # type: ignore[arg-type]
+            elif isinstance(event, Result):
+                document = reply_document(event)
+                document.pop("session_id", None)
+                return types.CallToolResult(
+                    content=[types.TextContent(type="text", text=dumps(document))],
+                    structured_content=document, is_error=event.status != "completed")
+    return tool_error("unavailable", "the run's events stopped before its result")
 
 
 def _parse(uri: str) -> tuple[str, str | None]:

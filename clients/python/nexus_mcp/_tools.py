@@ -20,6 +20,7 @@ from nexus_protocol import (
     Message,
     Patch,
     Renew,
+    Run,
     Set,
     Summary,
     SwitchBegin,
@@ -138,6 +139,17 @@ TOOLS: Final[tuple[Tool, ...]] = (
     Tool("renew_session", "Extend the session's lifetime to now + ttl (default: its ttl).",
          {"ttl": {"type": "number", "exclusiveMinimum": 0}}, (),
          lambda a, t: Renew(id=0, session_id=_sid(a), ttl=a.get("ttl"), token=t)),
+    Tool("run_workflow",
+         "Run a workflow in the session (a worker serving it does the work); reports "
+         "progress while it runs and returns its result (status completed, failed or "
+         "cancelled).",
+         {"workflow": {"type": "string", "minLength": 1}, "inputs": _OBJECT,
+          "resume": {"type": "boolean", "default": False, "description":
+                     "Join the run in flight, or continue from the step the session records."}},
+         ("workflow",),
+         lambda a, t: Run(id=0, session_id=_sid(a), workflow=a["workflow"],
+                          inputs=a.get("inputs"), resume=bool(a.get("resume", False)),
+                          token=t)),
     Tool("get_session_summary",
          "The session's analytics: duration, events by kind, channels used, transitions.",
          {}, (), lambda a, t: Summary(id=0, session_id=_sid(a), token=t)),
