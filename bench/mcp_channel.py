@@ -41,7 +41,6 @@ import mcp_types as types
 import trio
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-
 from nexus_client import open_client
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mcp.json"
@@ -103,72 +102,51 @@ async def _notifications(server: Any, socket_path: str, sid: str, token: str,
     return times[n // 10:]
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, base: Path, env: dict[str, str], echo_port: int) -> dict[str, Any]:
     n = 100 if quick else 1000
     warmup = n // 10
-    base = Path(tempfile.mkdtemp(prefix="nx-mcp-bench-"))
-    env = {**os.environ, "HOME": str(base), "XDG_CONFIG_HOME": str(base / "config"),
-           "NEXUS_CREDENTIALS": str(base / "credentials.json")}
     sock = base / "n.sock"
-    log = (base / "nexusd.log").open("wb")
-    daemon = subprocess.Popen([sys.executable, "-m", "nexusd", "serve", "--socket", str(sock),
-                               "--ws", "off", "--http", "127.0.0.1:0", "--data",
-                               str(base / "data"), "--durability", "memory"],
-                              stdout=subprocess.DEVNULL, stderr=log, env=env)
-    echo_port = _free_port()
-    echo_http = subprocess.Popen([sys.executable, "-m", "bench._mcp_echo", "http",
-                                  str(echo_port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
     rows: dict[str, Any] = {}
-    try:
-        deadline = time.monotonic() + 30
-        while not (m := re.search(r"listening on (http://127\.0\.0\.1:\d+)/",
-                                  (base / "nexusd.log").read_text())):
-            assert time.monotonic() < deadline, "nexusd did not start"
-            await trio.sleep(0.05)
-        url = m[1] + "/mcp"
-        async with open_client(str(sock), channel="cli") as admin:
-            info = await admin.create_session()
-        sid, token = info.session_id, info.token
-        (base / "credentials.json").write_text(json.dumps({sid: token}))
-        bridge = StdioServerParameters(command=sys.executable, args=[
-            "-c", "import sys; from nexus_client._cli import main; sys.exit(main())",
-            "mcp", "--socket", str(sock), "--session", sid], env=env)
-        echo_stdio = StdioServerParameters(command=sys.executable,
-                                           args=["-m", "bench._mcp_echo", "stdio"],
-                                           cwd=str(ROOT), env=dict(os.environ))
-        await trio.sleep(1.0)  # the echo server's listener
-        def http(target: str, auth: str | None) -> Any:
-            headers = {"Authorization": f"Bearer {auth}"} if auth else {}
-            return streamable_http_client(target, http_client=httpx2.AsyncClient(
-                headers=headers))
+    deadline = time.monotonic() + 30
+    while not (m := re.search(r"listening on (http://127\.0\.0\.1:\d+)/",
+                              (base / "nexusd.log").read_text())):
+        assert time.monotonic() < deadline, "nexusd did not start"
+        await trio.sleep(0.05)
+    url = m[1] + "/mcp"
+    async with open_client(str(sock), channel="cli") as admin:
+        info = await admin.create_session()
+    sid, token = info.session_id, info.token
+    bridge = StdioServerParameters(command=sys.executable, args=[
+        "-c", "import sys; from nexus_client._cli import main; sys.exit(main())",
+        "mcp", "--socket", str(sock), "--session", sid, "--token", token], env=env)
+    echo_stdio = StdioServerParameters(command=sys.executable,
+                                       args=["-m", "bench._mcp_echo", "stdio"],
+                                       cwd=str(ROOT), env=dict(os.environ))
+    await trio.sleep(1.0)  # the echo server's listener
 
-        cases = [("set_session_data over HTTP /mcp", lambda: http(url, token), "set"),
-                 ("SDK echo server over HTTP", lambda: http(
-                     f"http://127.0.0.1:{echo_port}/mcp", None), "echo"),
-                 ("set_session_data over stdio (nexus mcp)", lambda: bridge, "set"),
-                 ("SDK echo server over stdio", lambda: echo_stdio, "echo")]
-        for label, server, kind in cases:
-            tool, args = (("set_session_data", {"session_id": sid, "key": "k"})
-                          if kind == "set" else ("echo", {"x": 1}))
-            async with _client(server()) as client:
-                times = await _calls(client, tool, args, n + warmup)
-            rows[label] = _pct(times[warmup:])
-            print(f"  {label:44} round trip p50 {rows[label]['p50']:8.0f}µs  "
-                  f"p99 {rows[label]['p99']:8.0f}µs")
-        for label, server in [("cli write -> resources/updated, HTTP", lambda: http(url, token)),
-                              ("cli write -> resources/updated, stdio", lambda: bridge)]:
-            times = await _notifications(server(), str(sock), sid, token, n + warmup)
-            rows[label] = _pct(times)
-            print(f"  {label:44} latency    p50 {rows[label]['p50']:8.0f}µs  "
-                  f"p99 {rows[label]['p99']:8.0f}µs")
-    finally:
-        echo_http.terminate()
-        daemon.terminate()
-        echo_http.wait(10)
-        daemon.wait(15)
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
+    def http(target: str, auth: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+        return streamable_http_client(target, http_client=httpx2.AsyncClient(headers=headers))
+
+    cases = [("set_session_data over HTTP /mcp", lambda: http(url, token), "set"),
+             ("SDK echo server over HTTP", lambda: http(
+                 f"http://127.0.0.1:{echo_port}/mcp", None), "echo"),
+             ("set_session_data over stdio (nexus mcp)", lambda: bridge, "set"),
+             ("SDK echo server over stdio", lambda: echo_stdio, "echo")]
+    for label, server, kind in cases:
+        tool, args = (("set_session_data", {"session_id": sid, "key": "k"})
+                      if kind == "set" else ("echo", {"x": 1}))
+        async with _client(server()) as client:
+            times = await _calls(client, tool, args, n + warmup)
+        rows[label] = _pct(times[warmup:])
+        print(f"  {label:44} round trip p50 {rows[label]['p50']:8.0f}µs  "
+              f"p99 {rows[label]['p99']:8.0f}µs")
+    for label, server in [("cli write -> resources/updated, HTTP", lambda: http(url, token)),
+                          ("cli write -> resources/updated, stdio", lambda: bridge)]:
+        times = await _notifications(server(), str(sock), sid, token, n + warmup)
+        rows[label] = _pct(times)
+        print(f"  {label:44} latency    p50 {rows[label]['p50']:8.0f}µs  "
+              f"p99 {rows[label]['p99']:8.0f}µs")
     return {"quick": quick, "samples": n, "rows": rows, "cpus": os.cpu_count(),
             "load": os.getloadavg()}
 
@@ -179,7 +157,26 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # the SDK's deprecation of resources/subscribe
-    result = trio.run(run, args.quick)
+    base = Path(tempfile.mkdtemp(prefix="nx-mcp-bench-"))
+    env = {**os.environ, "HOME": str(base), "XDG_CONFIG_HOME": str(base / "config"),
+           "NEXUS_CREDENTIALS": str(base / "credentials.json")}
+    echo_port = _free_port()
+    with (base / "nexusd.log").open("wb") as log:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "nexusd", "serve", "--socket", str(base / "n.sock"),
+             "--ws", "off", "--http", "127.0.0.1:0", "--data", str(base / "data"),
+             "--durability", "memory"], stdout=subprocess.DEVNULL, stderr=log, env=env)
+    echo_http = subprocess.Popen([sys.executable, "-m", "bench._mcp_echo", "http",
+                                  str(echo_port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        result = trio.run(run, args.quick, base, env, echo_port)
+    finally:
+        echo_http.terminate()
+        daemon.terminate()
+        echo_http.wait(10)
+        daemon.wait(15)
+        shutil.rmtree(base, ignore_errors=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
 
