@@ -186,6 +186,7 @@ async def test_http_bearer_round_trip_and_cli_write_notified(http_daemon: Daemon
     sid, token = created["session_id"], created["token"]
     notes = Notes()
     async with over_http(http_daemon, token, notes) as client:
+        before = _subscribers(cli)
         assert {t.name for t in (await client.list_tools()).tools} == TOOLS
         templates = await client.list_resource_templates()
         assert {t.uri_template for t in templates.resource_templates} == {
@@ -208,6 +209,16 @@ async def test_http_bearer_round_trip_and_cli_write_notified(http_daemon: Daemon
             "session_id": sid, "key": "step", "expected_version": 1})
         assert conflict.is_error
         assert conflict.structured_content["error"]["code"] == "conflict"
+    # The MCP session is over (the client deleted it): its subscription ends with it.
+    with trio.fail_after(TIMEOUT):
+        while _subscribers(cli) != before:
+            await trio.sleep(0.05)
+
+
+def _subscribers(cli: Cli) -> int:
+    status = cli.run("status", "--json")
+    assert status.code == 0, status.err
+    return int(json.loads(status.out)["subscribers"])
 
 
 @pytest.mark.filterwarnings(HTTPX2_GENERATORS)
