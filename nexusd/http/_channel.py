@@ -26,7 +26,6 @@ from .._service import SessionService
 from ._app import ChannelParts, Exchange, HttpSettings, error_response
 from ._browser import BrowserGuard
 from ._mapping import HttpError
-from ._mcp import McpChannel
 from ._metrics import Metrics
 from ._routes import ROUTES
 
@@ -58,6 +57,10 @@ class HttpChannel:
         routes = [Route(path, _by_method(methods), methods=list(methods))
                   for path, methods in by_path.items()]
         # `/mcp`: the MCP channel, served by the SDK behind the same guard.
+        # Imported here: the SDK takes seconds to import, which a daemon
+        # without its HTTP listener should not wait for at start.
+        from ._mcp import McpChannel
+
         self.mcp = McpChannel(service, settings, guard, self.parts.stopping,
                               max_sessions=mcp_max_sessions,
                               idle_timeout=mcp_idle_timeout) if mcp else None

@@ -211,7 +211,7 @@ async def test_http_bearer_round_trip_and_cli_write_notified(http_daemon: Daemon
         assert conflict.structured_content["error"]["code"] == "conflict"
     # The MCP session is over (the client deleted it): its subscription ends with it.
     with trio.fail_after(TIMEOUT):
-        while _subscribers(cli) != before:
+        while _subscribers(cli) != before:  # noqa: ASYNC110 - another process's figure
             await trio.sleep(0.05)
 
 
