@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
 __all__ = ["Handler", "bracket", "in_use", "run_alone"]
@@ -22,7 +21,7 @@ Handler = Callable[[Any], Awaitable[None]]
 #: What a client that goes away, or speaks no WebSocket, makes a connection
 #: raise: its own doing, not the daemon's.
 _CLIENT_FAULTS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                  ConnectionClosed, WebSocketProtocolError)
+                  WebSocketProtocolError)
 
 
 async def run_alone(peer: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -69,12 +69,15 @@ class Flusher:
 class Outbox:
     """`send_now(data)` writes what the transport takes without waiting and
     returns how much that was; with it (and a `flusher`) frames go out
-    eagerly, otherwise only through the writer task (`wait_frames`)."""
+    eagerly, otherwise only through the writer task (`wait_frames`).
+    `wrap(frame)`, if given, makes each frame the bytes the transport writes."""
 
     def __init__(self, conn: Connection, *, max_frames: int,
                  send_now: Callable[[bytes], int] | None = None,
-                 flusher: Flusher | None = None) -> None:
+                 flusher: Flusher | None = None,
+                 wrap: Callable[[bytes], bytes] | None = None) -> None:
         self.conn = conn
+        self._wrap = wrap
         self.max_frames = max_frames
         self._frames: deque[bytes] = deque()
         self._lot = trio.lowlevel.ParkingLot()  # the writer waits here
@@ -111,7 +114,7 @@ class Outbox:
                 id=request_id, code=ErrorCode.TOO_LARGE.value,
                 message=f"the answer would exceed the frame limit of "
                         f"{self.conn.limits.max_frame} bytes; ask for less (one key)"))
-        self._frames.append(frame)
+        self._frames.append(frame if self._wrap is None else self._wrap(frame))
         self._wake()
         if self._replied:
             self._replied.unpark_all()
@@ -123,7 +126,8 @@ class Outbox:
         snapshot or replayed changes) regardless of the bound."""
         if self._closed:
             return
-        self._frames.append(self.conn.send_encoded(body))
+        frame = self.conn.send_encoded(body)
+        self._frames.append(frame if self._wrap is None else self._wrap(frame))
         self._wake()
 
     def push_event(self, body: bytes) -> bool:
@@ -134,9 +138,10 @@ class Outbox:
             self._refused += 1
             return False
         try:
-            self._frames.append(self.conn.send_encoded(body))
+            frame = self.conn.send_encoded(body)
         except LocalProtocolError:
             return False
+        self._frames.append(frame if self._wrap is None else self._wrap(frame))
         self._wake()
         return True
 

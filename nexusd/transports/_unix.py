@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 import trio
-from nexus_protocol import Framing
+from nexus_protocol import Encoding, Framing
 
 from ._common import Handler, in_use, run_alone
 
@@ -29,6 +29,7 @@ RECEIVE_SIZE = 256 * 1024
 class StreamTransport:
     kind = "unix"
     framing = Framing.STREAM
+    encoding = Encoding.MSGPACK
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
