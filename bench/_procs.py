@@ -215,9 +215,12 @@ class Processes:
         """nexusd at its default durability, on a Unix socket and a WebSocket."""
         n = next(self._n)
         data = self.tmp / f"nexusd-data-{n}"
-        return self._spawn("nexusd", [
+        server = self._spawn("nexusd", [
             sys.executable, "-m", "nexusd", "serve", "--socket", str(self.tmp / f"nexusd-{n}.sock"),
             "--ws", "127.0.0.1:0", "--data", str(data), *extra], {"unix", "ws"})
+        # The same listener, on the JSON subprotocol.
+        server.targets["wsjson"] = Target("nexus", "wsjson", server.targets["ws"].address)
+        return server
 
     def relay(self, *, per_subscriber: bool = False) -> Server:
         """The trio relay (the floor), on a Unix socket and a WebSocket."""
