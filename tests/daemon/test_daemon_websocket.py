@@ -72,10 +72,10 @@ def _masked(opcode: int, payload: bytes, *, fin: bool = True,
     return header + b"\0\0\0\0" + payload
 
 
-async def _read_close(stream: trio.SocketStream, timeout: float = TIMEOUT) -> int | None:
+async def _read_close(stream: trio.SocketStream, within: float = TIMEOUT) -> int | None:
     """Reads server frames until a close frame (its code) or the end (None)."""
     buffer = b""
-    with trio.fail_after(timeout):
+    with trio.fail_after(within):
         while True:
             while len(buffer) >= 2:
                 n = buffer[1] & 0x7F
@@ -232,7 +232,7 @@ async def test_an_unfinished_message_is_closed_after_the_read_timeout(
     t0 = trio.current_time()
     # Ten bytes of a hundred, then nothing.
     await stream.send_all(_masked(0x2, b"0123456789", length=100)[:16])
-    assert await _read_close(stream, timeout=100) == 1008
+    assert await _read_close(stream, within=100) == 1008
     assert 30 <= trio.current_time() - t0 < 31
     await stream.aclose()
     # A client that says nothing at all is not held to it.
