@@ -5,7 +5,8 @@ connection may have in flight. Events are queued only while the queue holds
 fewer than `max_frames` frames; a refused event means the subscriber is too
 slow, and the session actor drops it (`lagged`) rather than wait for it.
 
-Where the transport can write without waiting (a Unix socket), queued frames
+Where the transport can write without waiting (a Unix socket, a WebSocket
+without TLS, whose frames the transport makes as they are queued), queued frames
 go straight to the socket: a session actor holds the `Flusher` while it
 serves a batch, and on release writes every outbox the batch touched, each
 with one system call, so that a change reaches its subscribers with no task
