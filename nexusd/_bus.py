@@ -4,7 +4,8 @@ A session's actor opens the session's `Topic` when it becomes active and
 closes it when it ends. Through it the actor publishes each change once it is
 durable, subscribes its watchers, and asks for the changes after a `seq` to
 replay to a watcher that resumes. The bus keeps each active session's
-retention window (the last `retention` changes) for that replay.
+retention window for that replay: the last `retention` changes, and no more
+than `retention_bytes` of them.
 
 Delivery never blocks: a subscriber either takes an event at once or is
 lagging, and a lagging subscriber is dropped and told `lagged` with the last
@@ -41,6 +42,7 @@ class BusStatistics:
     subscribers: int
     published: int
     lagged: int
+    history_bytes: int  # retained for replay, over every topic
 
 
 class Topic(Protocol):
@@ -53,6 +55,10 @@ class Topic(Protocol):
     @property
     def subscribers(self) -> Mapping[str, Subscriber]:
         """The current subscribers by key, in the order they subscribed."""
+
+    @property
+    def history_bytes(self) -> int:
+        """Bytes of the changes retained for replay."""
 
     def publish(self, seq: int, body: bytes) -> list[tuple[str, Subscriber]]:
         """Delivers committed change `seq` (the next one) to every subscriber
@@ -90,15 +96,35 @@ class Bus(Protocol):
 
 
 class LocalTopic:
-    """An in-process topic: a dict of subscribers and a bounded history."""
+    """An in-process topic: a dict of subscribers and a history bounded by
+    count and bytes."""
 
     def __init__(self, bus: LocalBus, session_id: str, seq: int,
-                 history: Iterable[tuple[int, bytes]], retention: int) -> None:
+                 history: Iterable[tuple[int, bytes]], retention: int,
+                 retention_bytes: int) -> None:
         self.session_id = session_id
         self._bus = bus
         self._seq = seq
-        self._history: deque[tuple[int, bytes]] = deque(history, maxlen=retention)
+        self._retention = retention
+        self._retention_bytes = retention_bytes
+        self._history: deque[tuple[int, bytes]] = deque(history)
+        self._bytes = sum(len(body) for _, body in self._history)
+        bus._history_bytes += self._bytes
+        self._trim()
         self._subscribers: dict[str, Subscriber] = {}
+
+    def _trim(self) -> None:
+        history = self._history
+        dropped = 0
+        while history and (len(history) > self._retention
+                           or self._bytes - dropped > self._retention_bytes):
+            dropped += len(history.popleft()[1])
+        self._bytes -= dropped
+        self._bus._history_bytes -= dropped
+
+    @property
+    def history_bytes(self) -> int:
+        return self._bytes
 
     @property
     def seq(self) -> int:
@@ -110,6 +136,10 @@ class LocalTopic:
 
     def publish(self, seq: int, body: bytes) -> list[tuple[str, Subscriber]]:
         self._history.append((seq, body))
+        self._bytes += len(body)
+        self._bus._history_bytes += len(body)
+        if len(self._history) > self._retention or self._bytes > self._retention_bytes:
+            self._trim()
         self._seq = seq
         self._bus._published += 1
         subscribers = self._subscribers
@@ -156,20 +186,25 @@ class LocalTopic:
         self._bus._subscribers -= len(self._subscribers)
         self._subscribers.clear()
         self._history.clear()
+        self._bus._history_bytes -= self._bytes
+        self._bytes = 0
         self._bus._closed(self)
 
 
 class LocalBus:
     """The bus of one daemon: topics live as long as their session's actor.
 
-    `retention` is the number of changes each topic keeps for replay.
+    `retention` is the number of changes each topic keeps for replay, and
+    `retention_bytes` the most bytes of them.
     """
 
-    def __init__(self, *, retention: int = 1000) -> None:
+    def __init__(self, *, retention: int = 1000, retention_bytes: int = 4 << 20) -> None:
         self.retention = retention
+        self.retention_bytes = retention_bytes
         self._topics: dict[str, LocalTopic] = {}
         self._published = 0
         self._lagged = 0
+        self._history_bytes = 0
         # Kept as subscribers come and go: `statistics` never sums over
         # every active session.
         self._subscribers = 0
@@ -179,7 +214,7 @@ class LocalBus:
         # An ending actor may still hold the session's previous topic for a
         # moment (its snapshot being written); the new one replaces it.
         topic = self._topics[session_id] = LocalTopic(self, session_id, seq, history,
-                                                      self.retention)
+                                                      self.retention, self.retention_bytes)
         return topic
 
     def _closed(self, topic: LocalTopic) -> None:
@@ -188,4 +223,4 @@ class LocalBus:
 
     def statistics(self) -> BusStatistics:
         return BusStatistics(len(self._topics), self._subscribers, self._published,
-                             self._lagged)
+                             self._lagged, self._history_bytes)

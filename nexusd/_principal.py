@@ -18,6 +18,8 @@ from typing import Final, Protocol, runtime_checkable
 import attrs
 from nexus_protocol import Message
 
+from ._limits import Peer, peer_of_uid
+
 __all__ = ["MAX_GRANTS", "EventSink", "Principal", "ReplySink"]
 
 #: Sessions whose proven scope one principal remembers; beyond that the
@@ -52,13 +54,17 @@ class EventSink(ReplySink, Protocol):
 @attrs.define(eq=False)
 class Principal:
     """A client as the session core sees it. `grants` caches, per session,
-    the scope a token has already proven for this principal;
-    `subscriptions` lists the sessions it watches."""
+    the scope a token last proved for this principal, used by its requests
+    that carry no token; `subscriptions` lists the sessions it watches.
+    `peer` is where it connects from (the limits' key); `may_create` is false
+    for a network client that must show the create key and has not."""
 
     connection_id: str
     channel: str
     client: str
     admin: bool
+    peer: Peer = attrs.field(factory=lambda: peer_of_uid(None), kw_only=True)
+    may_create: bool = attrs.field(default=True, kw_only=True)
     grants: dict[str, str] = attrs.Factory(dict)
     subscriptions: set[str] = attrs.Factory(set)
 
@@ -68,7 +74,8 @@ class Principal:
         return self.client or self.connection_id
 
     def remember(self, session_id: str, scope: str) -> None:
-        """Caches a proven scope; the oldest entries go past MAX_GRANTS."""
+        """Caches a proven scope (replacing the one before, higher or lower);
+        the oldest entries go past MAX_GRANTS."""
         grants = self.grants
         grants.pop(session_id, None)
         grants[session_id] = scope

@@ -23,10 +23,10 @@ import attrs
 import trio
 
 from ._clock import WallClock
-from ._store import SessionMeta, Store
 from .session._actor import SessionActor
 from .session._mailbox import Ask, CheckExpiry
 from .session._state import EPSILON
+from .store import SessionMeta, Store
 
 __all__ = ["Deadlines", "Reaper", "ReaperStatistics", "Sessions"]
 

@@ -16,6 +16,12 @@ each request here with a sink for its reply:
   lagging: it is sent `lagged` and dropped, and resumes from its `seq`).
 - `disconnect(principal)` ends the principal's subscriptions when its
   channel goes away.
+
+Creating sessions is where an unauthenticated client could cost the daemon
+the most, so the service checks it for every channel alike: a principal from
+the network must have shown the create key if the daemon asks for one, and
+takes a token from its peer's create bucket (`PeerLimits`); the registry
+then applies the bounds on sessions themselves.
 """
 
 from __future__ import annotations
@@ -44,11 +50,12 @@ from nexus_protocol import (
 )
 
 from ._errors import RequestError
+from ._limits import PeerLimits
 from ._principal import EventSink, Principal, ReplySink
 from ._registry import Registry
-from ._store import Store
 from .session._analytics import ChannelAnalytics
 from .session._mailbox import Disconnect, Envelope
+from .store import Store
 
 __all__ = ["Call", "SessionService"]
 
@@ -121,8 +128,9 @@ class SessionService:
 
     def __init__(self, *, registry: Registry, store: Store, analytics: ChannelAnalytics,
                  stats: Callable[[], Awaitable[dict[str, Any]]],
-                 busy_timeout: float) -> None:
+                 busy_timeout: float, limits: PeerLimits) -> None:
         self._registry = registry
+        self._limits = limits
         self._store = store
         self._analytics = analytics
         self._stats = stats
@@ -213,6 +221,15 @@ class SessionService:
         return Pong(id=req.id)
 
     async def _create(self, principal: Principal, req: Create) -> Message:
+        peer = principal.peer
+        if not principal.may_create and not principal.admin:
+            raise RequestError(ErrorCode.FORBIDDEN,
+                               "creating sessions over the network needs the daemon's create "
+                               "key (as the hello credential)")
+        if not principal.admin and not self._limits.allow_create(peer):
+            raise RequestError(ErrorCode.BUSY,
+                               f"{peer.name} creates sessions faster than the daemon allows",
+                               retry_after=self._limits.create_retry_after(peer))
         return await self._registry.create(principal, req)
 
     async def _run(self, principal: Principal, req: Run) -> Message:

@@ -22,6 +22,7 @@ MAX_LINES = 650
 PACKAGES: dict[str, frozenset[str]] = {
     "nexus_protocol": frozenset({"trio", "trio_websocket", "nexusd", "nexus_client"}),
     "nexus_client": frozenset({"nexusd"}),
+    "nexusd": frozenset({"nexus_client"}),
 }
 
 #: Modules allowed past MAX_LINES: declarative catalogues, not logic.
@@ -178,6 +179,15 @@ def test_no_module_is_too_long(package: str) -> None:
 def test_no_forbidden_imports(package: str) -> None:
     graph = import_graph(package_dir(package), package)
     assert forbidden_imports(graph, PACKAGES[package]) == {}
+
+
+def test_the_walker_finds_the_daemons_own_imports() -> None:
+    # The walker sees the daemon's relative and package-level imports.
+    graph = import_graph(package_dir("nexusd"), "nexusd")
+    assert "nexusd._registry" in graph["nexusd._daemon"]
+    assert "nexusd.session._actor" in graph["nexusd._registry"]
+    assert "nexusd.session._state" in graph["nexusd.session._commands"]
+    assert "nexusd._daemon" in graph["nexusd"]
 
 
 def test_the_client_builds_on_the_protocol() -> None:

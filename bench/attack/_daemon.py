@@ -34,19 +34,21 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 
 
-def _environ(home: Path) -> dict[str, str]:
-    """This environment without anything that would change the daemon: no
-    NEXUSD_* variables, no user config file."""
+def _environ(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """This environment without anything that would change the daemon (no
+    NEXUSD_* variables, no user config file), plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUSD_")}
     env["XDG_CONFIG_HOME"] = str(home)
+    env.update(extra)
     return env
 
 
 class DaemonProc:
-    """One run of `python -m nexusd serve` on `data`, logging to `log`."""
+    """One run of `python -m nexusd serve` on `data`, logging to `log`, with
+    `env` added to its environment."""
 
     def __init__(self, tmp: Path, *flags: str, data: Path | None = None, name: str = "nexusd",
-                 ws: bool = False) -> None:
+                 ws: bool = False, env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.data = data if data is not None else tmp / "data"
         self.socket = tmp / f"{name}.sock"
@@ -55,6 +57,7 @@ class DaemonProc:
                      "--ws", "127.0.0.1:0" if ws else "off", "--data", str(self.data),
                      *flags]
         self.ws = ws
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.ws_port: int | None = None
 
@@ -76,7 +79,7 @@ class DaemonProc:
         """Starts the process (it may not be listening yet)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=out, cwd=_ROOT, env=_environ(self.tmp))
+                                         stderr=out, cwd=_ROOT, env=_environ(self.tmp, self.env))
 
     def log_text(self) -> str:
         try:

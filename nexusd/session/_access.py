@@ -15,26 +15,26 @@ __all__ = ["authorize"]
 
 def authorize(principal: Principal, session_id: str, tokens: Mapping[str, str],
               token: str | None, needed: str) -> None:
-    """Checks that `principal` holds scope `needed` on the session, proving
-    `token` (if the request carries one) against the session's `tokens`
-    (digest -> scope) and remembering the scope it proves.
+    """Checks that `principal` holds scope `needed` on the session: the scope
+    of `token` if the request carries one (checked against the session's
+    `tokens`, digest -> scope, and remembered for requests without one),
+    else the scope the principal's last token proved (SPEC section 11).
 
     Raises:
         RequestError: `unauthorized` (no token, or a wrong one), or
             `forbidden` (a token of too small a scope).
     """
-    granted = principal.grants.get(session_id)
-    if token is not None:
-        # Checked even when the principal has proven a scope already: a
-        # request that carries a wrong token is refused, not served on the
-        # strength of an earlier one (a gateway may multiplex many users).
-        scope = verify_token(token, tokens)
-        if scope is None:
+    if token is None:
+        granted = principal.grants.get(session_id)
+    else:
+        # A request that carries a token is served with that token's scope
+        # alone: never refused, nor raised, on the strength of an earlier
+        # one (a gateway may multiplex many users over one connection).
+        granted = verify_token(token, tokens)
+        if granted is None:
             raise RequestError(ErrorCode.UNAUTHORIZED,
                                f"the token is not valid for session {session_id}")
-        if granted is None or scope_allows(scope, granted):
-            principal.remember(session_id, scope)
-            granted = scope
+        principal.remember(session_id, granted)
     if granted is None:
         if needed == "admin" and principal.admin:
             return

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import Final, Protocol, cast
 
 import attrs
@@ -40,7 +41,7 @@ from .._bus import Bus
 from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import EventSink, Principal
-from .._store import IDLE_LAG, SessionMeta, Store, StoredEvent
+from ..store import IDLE_LAG, SessionMeta, Store, StoredEvent
 from ._access import authorize
 from ._analytics import ChannelAnalytics
 from ._commands import (
@@ -85,7 +86,9 @@ class ActorDeps:
 
     `forget(actor)` is called as an actor ends, `tombstone(session_id,
     reason)` when its session ends for good, `schedule(session_id, deadline)`
-    when its deadline may have come earlier.
+    when its deadline may have come earlier, `resized(delta)` when its
+    snapshot's size changes by `delta` bytes; `saving()` is held while the
+    actor writes its last snapshot (the hibernator paces itself by it).
     """
 
     store: Store
@@ -98,6 +101,8 @@ class ActorDeps:
     schedule: Callable[[str, float], None]
     forget: Callable[[SessionActor], None]
     tombstone: Callable[[str, str], None]
+    saving: Callable[[], AbstractContextManager[None]]
+    resized: Callable[[int], None] = lambda delta: None
 
 
 class _Watcher:
@@ -131,10 +136,11 @@ class SessionActor:
 
     def __init__(self, state: SessionState, tokens: dict[str, str],
                  history: Iterable[tuple[int, bytes]], config: ActorConfig,
-                 deps: ActorDeps, *, stored_lag: float = 0.0) -> None:
+                 deps: ActorDeps, *, stored_lag: float = 0.0, snapshot_bytes: int = 0
+                 ) -> None:
         """`stored_lag` is the `idle_lag` of the metadata stored for `state`
         (a state restored from the store has that lag in its last activity
-        already: 0)."""
+        already: 0); `snapshot_bytes` the size of its latest snapshot."""
         self.config = config
         self.state = state
         self.tokens = tokens
@@ -148,6 +154,9 @@ class SessionActor:
         self._schedule = deps.schedule
         self._forget = deps.forget
         self._tombstone = deps.tombstone
+        self._resized = deps.resized
+        self.snapshot_bytes = snapshot_bytes
+        self._saving = deps.saving
         self._topic = deps.bus.open(self.session_id, state.seq, history)
         self._send, self._inbox = trio.open_memory_channel[MailItem](config.mailbox_size)
         self._pending: list[tuple[Change, bytes]] = []
@@ -171,6 +180,17 @@ class SessionActor:
     @property
     def subscriber_count(self) -> int:
         return len(self._topic.subscribers)
+
+    @property
+    def watched(self) -> bool:
+        """A watcher's connection is still open."""
+        return any(not w.closed for w in self._watchers.values())
+
+    @property
+    def weight(self) -> int:
+        """Bytes the session holds in memory, as encoded: its latest
+        snapshot and the changes retained for replay."""
+        return self.snapshot_bytes + self._topic.history_bytes
 
     @property
     def _watchers(self) -> Mapping[str, _Watcher]:
@@ -271,7 +291,7 @@ class SessionActor:
 
     async def _hibernate(self) -> None:
         self._close_mailbox()
-        with trio.move_on_after(30, shield=True):
+        with self._saving(), trio.move_on_after(30, shield=True):
             # The exact deadline: no actor lags it any more.
             await self._store.save_snapshot(meta_of(self.state, self.tokens), self.state.seq,
                                             self.state.to_snapshot())
@@ -349,7 +369,7 @@ class SessionActor:
             item.ask.resolve()
             return True
         assert type(item) is Quiet
-        return not await self._quiet()
+        return not await self._quiet(item.make_room)
 
     async def _serve(self, env: Envelope, now: float) -> bool:
         """Decides and carries out one request. False when the actor has ended."""
@@ -416,14 +436,15 @@ class SessionActor:
         env.sink.reply(reply)
         return True
 
-    async def _quiet(self) -> bool:
-        """Hibernates if quiet and unwatched; True if it did."""
+    async def _quiet(self, make_room: bool = False) -> bool:
+        """Hibernates if quiet (or told to make room) and unwatched; True if it did."""
         # Connections that closed without their goodbye reaching us (a full
         # mailbox) no longer count.
         for cid, watcher in list(self._watchers.items()):
             if watcher.closed:
                 self._unsubscribe(cid)
-        quiet = trio.current_time() - self.last_traffic >= self.config.hibernate_after
+        quiet = make_room or \
+            trio.current_time() - self.last_traffic >= self.config.hibernate_after
         if quiet and not self._watchers and not self._batch and not self._pending \
                 and self._inbox.statistics().current_buffer_used == 0:
             await self._hibernate()
@@ -475,8 +496,11 @@ class SessionActor:
         if self._since_snapshot >= self.config.snapshot_every:
             self._since_snapshot = 0
             meta = self.meta()
-            await self._store.save_snapshot(meta, self.state.seq, self.state.to_snapshot())
+            snapshot = self.state.to_snapshot()
+            await self._store.save_snapshot(meta, self.state.seq, snapshot)
             self._stored(meta)
+            self._resized(len(snapshot) - self.snapshot_bytes)
+            self.snapshot_bytes = len(snapshot)
 
     def _presence(self, action: str, watcher: _Watcher) -> None:
         if not self._watchers:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import msgpack
 from nexus_protocol import (
     Attach,
     Change,
@@ -76,6 +77,7 @@ class CommandLimits:
     max_patch: int = 1000
     max_keys: int = 10_000
     max_ttl: float = 30 * 86400.0
+    max_context: int = 64 * 1024  # encoded bytes of one context part
 
 
 @attrs.frozen(slots=True)
@@ -169,6 +171,19 @@ def _check_stored(ctx: Context, name: str, value: Any, room: int = 2) -> None:
                            "session can hold") from None
 
 
+def _check_context(ctx: Context, name: str, value: Any) -> None:
+    """A context part is bounded in bytes: the context travels whole in
+    every `state` and `snapshot`, and a change to it is journaled whole."""
+    _check_stored(ctx, name, value, room=1)
+    if value is None:
+        return
+    size = len(msgpack.packb(value, use_bin_type=True))
+    if size > ctx.limits.max_context:
+        raise RequestError(ErrorCode.BAD_REQUEST,
+                           f"{name} takes {size} bytes; the most a context part may take "
+                           f"is {ctx.limits.max_context}")
+
+
 def _full(ctx: Context) -> RequestError:
     return RequestError(ErrorCode.BAD_REQUEST,
                         f"the session already holds the maximum of {ctx.limits.max_keys} keys")
@@ -250,7 +265,7 @@ def _patch(state: SessionState, req: Patch, ctx: Context) -> Decision:
 
 def _update_context(state: SessionState, req: UpdateContext, ctx: Context) -> Decision:
     for part in ("preferences", "history", "metrics"):
-        _check_stored(ctx, part, getattr(req, part), room=1)
+        _check_context(ctx, part, getattr(req, part))
     context = dict(state.context)
     context["current_channel"] = req.channel or ctx.channel
     if req.preferences is not None:
@@ -272,7 +287,7 @@ def _switch_begin(state: SessionState, req: SwitchBegin, ctx: Context) -> Decisi
         raise RequestError(
             ErrorCode.CONFLICT, f"the session's current channel is {current!r}, "
                                 f"not {req.from_channel!r}: cannot switch from it")
-    _check_stored(ctx, "context", req.context, room=1)
+    _check_context(ctx, "context", req.context)
     transition_id = new_token()[4:20]
     transition = {
         "transition_id": transition_id,
@@ -305,13 +320,13 @@ def _switch_complete(state: SessionState, req: SwitchComplete, ctx: Context) -> 
 
 def _renew(state: SessionState, req: Renew, ctx: Context) -> Decision:
     ttl = state.ttl if req.ttl is None else req.ttl
-    max_ttl = ctx.limits.max_ttl
-    if not 0 < ttl <= max_ttl:
-        raise RequestError(ErrorCode.BAD_REQUEST, f"ttl must be in (0, {max_ttl:g}] seconds")
-    expires_at = ctx.now + ttl
+    if not ttl > 0:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"ttl must be above 0, not {ttl:g}")
+    clamped = ttl > ctx.limits.max_ttl
+    expires_at = ctx.now + min(ttl, ctx.limits.max_ttl)
     change = _change(state, ctx, "renew", value={"expires_at": expires_at})
-    return Decision(Renewed(id=req.id, seq=change.seq, expires_at=expires_at), change,
-                    reschedule=True)
+    return Decision(Renewed(id=req.id, seq=change.seq, expires_at=expires_at,
+                            clamped=clamped), change, reschedule=True)
 
 
 # ----------------------------------------------------------------- reads

@@ -64,7 +64,10 @@ class CheckExpiry:
 
 @attrs.frozen
 class Quiet:
-    """From the registry: no traffic for `hibernate_after`; hibernate if unwatched."""
+    """From the registry: no traffic for `hibernate_after`, or (`make_room`)
+    other sessions need the room; hibernate if unwatched."""
+
+    make_room: bool = False
 
 
 @attrs.frozen

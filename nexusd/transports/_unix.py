@@ -5,6 +5,7 @@ writes. It knows nothing of the protocol beyond its framing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -14,9 +15,10 @@ import struct
 from pathlib import Path
 
 import trio
-from nexus_protocol import Encoding, Framing
+from nexus_protocol import Encoding, Framing, frame
 
-from ._common import Handler, in_use, run_alone
+from .._limits import Peer, PeerLimits, peer_of_uid
+from ._common import Handler, accept_loop, busy_body, in_use, run_alone
 
 __all__ = ["StreamTransport", "open_unix_listener", "serve_unix"]
 
@@ -33,7 +35,7 @@ class StreamTransport:
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.peer, self.admin = _peer_of(stream.socket)
+        self.peer, self.remote, self.admin = _peer_of(stream.socket)
         self._fd = stream.socket.fileno()
 
     async def receive(self) -> bytes:
@@ -58,14 +60,15 @@ class StreamTransport:
         await self.stream.aclose()
 
 
-def _peer_of(sock: trio.socket.SocketType) -> tuple[str, bool]:
-    """The peer's description, and whether it is this daemon's user (or root)."""
+def _peer_of(sock: trio.socket.SocketType) -> tuple[str, Peer, bool]:
+    """The peer's description, its `Peer`, and whether it is this daemon's
+    user (or root)."""
     try:
         pid, uid, _gid = _PEERCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
     except (AttributeError, OSError):
-        return "unix:?", False
-    return f"unix:pid={pid},uid={uid}", uid in (os.getuid(), 0)
+        return "unix:?", peer_of_uid(None), False
+    return f"unix:pid={pid},uid={uid}", peer_of_uid(uid), uid in (os.getuid(), 0)
 
 
 async def open_unix_listener(path: Path) -> trio.SocketListener:
@@ -102,16 +105,25 @@ async def open_unix_listener(path: Path) -> trio.SocketListener:
 
 
 async def serve_unix(handler: Handler, listener: trio.SocketListener, *,
-                     handler_nursery: trio.Nursery,
-                     task_status: trio.TaskStatus[list[trio.SocketListener]]
-                     = trio.TASK_STATUS_IGNORED) -> None:
+                     handler_nursery: trio.Nursery, limits: PeerLimits,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Serves `listener`'s connections in `handler_nursery`, handing each
-    `StreamTransport` to `handler`."""
+    `StreamTransport` to `handler`. A connection over `limits` is told
+    `busy` and closed at once."""
 
     async def connection(stream: trio.SocketStream) -> None:
+        transport = StreamTransport(stream)
+        if not limits.admit_connection(transport.remote, admin=transport.admin):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                transport.send_now(frame(busy_body()))
+            return
+
         async def run() -> None:
-            await handler(StreamTransport(stream))
+            try:
+                await handler(transport)
+            finally:
+                limits.release_connection(transport.remote)
         await run_alone("unix", run)
 
-    await trio.serve_listeners(connection, [listener], handler_nursery=handler_nursery,
-                               task_status=task_status)
+    task_status.started()
+    await accept_loop(listener, listener.socket, connection, handler_nursery)

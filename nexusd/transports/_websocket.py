@@ -45,8 +45,9 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError
 from wsproto.utilities import RemoteProtocolError as HandshakeError
 
+from .._limits import Peer, PeerLimits, peer_of_address
 from .._origins import check_browser
-from ._common import Handler, bracket, in_use, run_alone
+from ._common import Handler, accept_loop, bracket, in_use, run_alone
 
 __all__ = ["SUBPROTOCOLS", "WebSocketSettings", "WebSocketTransport", "serve_ws"]
 
@@ -95,11 +96,12 @@ class WebSocketTransport:
     framing = Framing.MESSAGE
     admin = False
 
-    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, peer: str,
+    def __init__(self, stream: trio.abc.Stream, ws: WSConnection, peer: str, remote: Peer,
                  encoding: Encoding, settings: WebSocketSettings, fd: int | None) -> None:
         self.stream = stream
         self.ws = ws
         self.peer = peer
+        self.remote = remote
         self.encoding = encoding
         self.settings = settings
         self._opcode = _OPCODE[encoding]
@@ -344,10 +346,9 @@ def _header_size(header: bytearray) -> int:
     return 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if header[1] & 0x80 else 0)
 
 
-async def _upgrade(stream: trio.abc.Stream, peer: str, settings: WebSocketSettings,
-                   fd: int | None) -> WebSocketTransport | None:
-    """Reads the upgrade request and accepts it, or refuses it (and None)."""
-    ws = WSConnection(ConnectionType.SERVER)
+async def _read_request(stream: trio.abc.Stream, ws: WSConnection) -> bytes | None:
+    """The bytes of the upgrade request and any after it; None if the client
+    went away, or sent too much (then it is told so)."""
     buffer = b""
     while b"\r\n\r\n" not in buffer:
         if len(buffer) > MAX_REQUEST:
@@ -357,6 +358,16 @@ async def _upgrade(stream: trio.abc.Stream, peer: str, settings: WebSocketSettin
         if not data:
             return None
         buffer += bytes(data)
+    return buffer
+
+
+async def _upgrade(stream: trio.abc.Stream, peer: str, remote: Peer,
+                   settings: WebSocketSettings, fd: int | None) -> WebSocketTransport | None:
+    """Reads the upgrade request and accepts it, or refuses it (and None)."""
+    ws = WSConnection(ConnectionType.SERVER)
+    buffer = await _read_request(stream, ws)
+    if buffer is None:
+        return None
     end = buffer.index(b"\r\n\r\n") + 4
     # Only the request goes to the handshake: what follows it is frames.
     try:
@@ -384,7 +395,7 @@ async def _upgrade(stream: trio.abc.Stream, peer: str, settings: WebSocketSettin
         return None
     await stream.send_all(ws.send(AcceptConnection(subprotocol=subprotocol)))
     encoding = SUBPROTOCOLS[subprotocol] if subprotocol else Encoding.MSGPACK
-    transport = WebSocketTransport(stream, ws, peer, encoding, settings, fd)
+    transport = WebSocketTransport(stream, ws, peer, remote, encoding, settings, fd)
     transport._pending = buffer[end:]
     return transport
 
@@ -405,10 +416,13 @@ async def _refuse(stream: trio.abc.Stream, ws: WSConnection, status: int, reason
 
 async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSettings, *,
                    ssl_context: ssl.SSLContext | None, handler_nursery: trio.Nursery,
+                   limits: PeerLimits,
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serves WebSocket connections in `handler_nursery`, handing each
     `WebSocketTransport` to `handler`; reports the bound port through
-    `task_status`. A client has `handshake_timeout` to complete the upgrade.
+    `task_status`. A client has `handshake_timeout` to complete the upgrade;
+    one over `limits` is closed at once (its upgrade answered 503 if it
+    comes within `CLOSE_TIMEOUT`).
 
     Raises:
         OSError: the address cannot be bound.
@@ -428,23 +442,32 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
                       ) from None
 
     async def connection(stream: trio.abc.Stream) -> None:
-        peer = _ws_peer(stream)
+        peer, remote = _ws_peer(stream)
+        if not limits.admit_connection(remote):
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                ws = WSConnection(ConnectionType.SERVER)
+                if await _read_request(stream, ws) is not None:
+                    await _refuse(stream, ws, 503, "the daemon has as many connections as it may")
+            return
         fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
         async def run() -> None:
-            try:
-                transport = None
-                with trio.move_on_after(settings.handshake_timeout):
-                    transport = await _upgrade(stream, peer, settings, fd)
-                if transport is not None:
-                    await handler(transport)
-            finally:
-                await trio.aclose_forcefully(stream)
+            transport = None
+            with trio.move_on_after(settings.handshake_timeout):
+                transport = await _upgrade(stream, peer, remote, settings, fd)
+            if transport is not None:
+                await handler(transport)
 
-        await run_alone(peer, run)
+        try:
+            await run_alone(peer, run)
+        finally:
+            limits.release_connection(remote)
 
     task_status.started(_tcp_socket(listeners[0]).getsockname()[1])
-    await trio.serve_listeners(connection, listeners, handler_nursery=handler_nursery)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(accept_loop, listener, _tcp_socket(listener), connection,
+                               handler_nursery)
 
 
 def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
@@ -454,10 +477,11 @@ def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
     return tcp.socket  # type: ignore[no-any-return]
 
 
-def _ws_peer(stream: trio.abc.Stream) -> str:
-    """The client's address, read from a socket the client may have reset."""
+def _ws_peer(stream: trio.abc.Stream) -> tuple[str, Peer]:
+    """The client's address, read from a socket the client may have reset,
+    and its `Peer`."""
     try:
         host, port = _tcp_socket(stream).getpeername()[:2]
     except OSError:
-        return "ws:?"
-    return f"ws:{bracket(host)}:{port}"
+        return "ws:?", peer_of_address("?")
+    return f"ws:{bracket(host)}:{port}", peer_of_address(host)

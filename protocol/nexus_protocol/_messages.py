@@ -424,7 +424,9 @@ class Error(Message):
 @_message("created", Role.REPLY)
 @attrs.frozen(kw_only=True)
 class Created(Message):
-    """A new session. `token` (admin scope) is shown this once."""
+    """A new session. `token` (admin scope) is shown this once. `clamped`:
+    the ttl or idle timeout asked for was above the server's bound, and the
+    bound was given instead."""
 
     id: int = _field(Kind.UINT)
     session_id: str = _field(Kind.STR)
@@ -432,6 +434,7 @@ class Created(Message):
     seq: int = _field(Kind.UINT)
     expires_at: float = _field(Kind.FLOAT)
     idle_timeout: float | None = _field(Kind.FLOAT, None)
+    clamped: bool = _field(Kind.BOOL, False)
 
 
 @_message("attached", Role.REPLY)
@@ -499,9 +502,13 @@ class Switched(Message):
 @_message("renewed", Role.REPLY)
 @attrs.frozen(kw_only=True)
 class Renewed(Message):
+    """The new expiry; `clamped`: the ttl asked for was above the server's
+    bound, and the bound was given instead."""
+
     id: int = _field(Kind.UINT)
     seq: int = _field(Kind.UINT)
     expires_at: float = _field(Kind.FLOAT)
+    clamped: bool = _field(Kind.BOOL, False)
 
 
 @_message("granted", Role.REPLY)

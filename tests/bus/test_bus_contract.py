@@ -140,3 +140,22 @@ def test_reopening_a_session_replaces_its_topic(bus: Bus) -> None:
     new.subscribe("c1", inbox)
     new.publish(2, change(2))
     assert seqs(inbox.events) == [2]
+
+
+def test_the_retention_window_is_bounded_in_bytes_too() -> None:
+    bus = LocalBus(retention=1000, retention_bytes=3 * len(change(1)) + 1)
+    topic = bus.open("s", 0, [])
+    for seq in range(1, 6):
+        topic.publish(seq, change(seq))
+    assert seqs(topic.replay(2) or []) == [3, 4, 5]
+    assert topic.replay(1) is None  # older than the window: a snapshot instead
+    assert bus.statistics().history_bytes == topic.history_bytes == 3 * len(change(1))
+    topic.close()
+    assert bus.statistics().history_bytes == 0
+
+
+def test_history_handed_over_at_opening_is_trimmed_to_the_bound() -> None:
+    bus = LocalBus(retention=1000, retention_bytes=2 * len(change(1)))
+    topic = bus.open("s", 4, [(seq, change(seq)) for seq in range(1, 5)])
+    assert seqs(topic.replay(2) or []) == [3, 4]
+    assert topic.replay(1) is None

@@ -435,10 +435,11 @@ def real_time_passing() -> Iterator[None]:
 
 def make_config(data: Path, socket_dir: Path, **settings: Any) -> Config:
     """A daemon configuration for tests: a Unix socket in `socket_dir`, a
-    WebSocket on a free loopback port, data in `data`, then `settings`."""
+    WebSocket on a free loopback port, data in `data`, idle connections
+    kept (tests let virtual hours pass), then `settings`."""
     defaults: dict[str, Any] = {
         "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "data": data,
-        "shutdown_grace": 2.0, "durability": "memory",
+        "shutdown_grace": 2.0, "durability": "memory", "idle_connection_timeout": None,
     }
     return Config(**{**defaults, **settings})
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 from raw_client import connect_unix
 
-from nexusd import Daemon
+from nexusd import Daemon, _registry
 from nexusd._registry import QUIET_PER_TURN
 from nexusd._service import DETACH_PER_TURN
 from nexusd.session._actor import SessionActor
@@ -83,6 +83,32 @@ async def test_sessions_quiet_together_hibernate_over_many_turns(
     per_turn = _per_turn(told, "Quiet")
     assert sum(per_turn) == SESSIONS
     assert max(per_turn) == QUIET_PER_TURN
+
+
+@pytest.mark.daemon_config(hibernate_after=5.0)
+async def test_the_hibernator_waits_while_many_snapshots_wait_for_the_store(
+        daemon: Daemon, autojump_clock: object, told: Counter[tuple[str, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Were every quiet session told at once, a write queued meanwhile would
+    # wait behind all their snapshots (seconds, with 20,000 of them).
+    monkeypatch.setattr(_registry, "SAVING_MAX", 100)
+    store_free = trio.Event()
+    save = daemon.store.save_snapshot
+
+    async def slow_save(*args: object) -> None:
+        await store_free.wait()
+        await save(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(daemon.store, "save_snapshot", slow_save)
+    closed = await _watched_sessions_left_together(daemon)
+    await trio.sleep_until(closed + 5.5)
+    # At most one turn's worth past the bound (its actors may not have
+    # started saving when the hibernator looks).
+    assert sum(_per_turn(told, "Quiet")) <= _registry.SAVING_MAX + 2 * QUIET_PER_TURN
+    store_free.set()
+    await trio.sleep(1)
+    assert sum(_per_turn(told, "Quiet")) == SESSIONS
+    assert daemon.registry.statistics().hibernations == SESSIONS
 
 
 async def test_a_connection_watching_many_sessions_detaches_over_many_turns(

@@ -6,8 +6,7 @@ import attrs
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
-from nexusd._sqlite_store import SqliteStore
-from nexusd._store import MemoryStore, SessionMeta, Store, StoreError
+from nexusd.store import MemoryStore, SessionMeta, SqliteStore, Store, StoreError
 
 
 def _conforms(a: MemoryStore, b: SqliteStore) -> list[Store]:
@@ -227,3 +226,16 @@ async def test_count(store: Store) -> None:
         await store.create(make_meta(f"s{i}"), b"")
     await store.delete("s3")
     assert await store.count() == 6
+
+
+async def test_keys_only_where_a_key_ring_is_kept(store: Store,
+                                                  request: pytest.FixtureRequest) -> None:
+    # A store encrypting in a data directory has a ring to rotate there; the
+    # others answer None: nothing to reload, nothing to re-wrap.
+    await store.create(make_meta("s1"), b"s0")
+    keys = store.keys
+    if request.node.callspec.params["store"] == "sqlite-process":
+        assert keys is not None
+        assert await keys.rewrap() == 0  # every data key is under the current one
+    else:
+        assert keys is None

@@ -10,6 +10,7 @@ import wsproto
 from nexus_protocol import Encoding
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
 
+from nexusd._limits import peer_of_address
 from nexusd.transports._websocket import WebSocketSettings, WebSocketTransport
 
 SETTINGS = WebSocketSettings(max_message=1 << 20, handshake_timeout=10, read_timeout=30,
@@ -30,7 +31,8 @@ def _pair() -> tuple[WebSocketTransport, socket.socket, wsproto.WSConnection]:
     client.receive_data(server.send(AcceptConnection()))
     assert any(isinstance(e, AcceptConnection) for e in client.events())
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
-    return (WebSocketTransport(stream, server, "test", Encoding.MSGPACK, SETTINGS, a.fileno()),
+    return (WebSocketTransport(stream, server, "test", peer_of_address("127.0.0.1"),
+                               Encoding.MSGPACK, SETTINGS, a.fileno()),
             b, client)
 
 

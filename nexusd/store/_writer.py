@@ -1,5 +1,5 @@
 """The SQLite store's writers: group commit, in trio's thread or in a thread
-of its own (see `nexusd._sqlite_store` for what each durability needs).
+of its own (see `nexusd.store._sqlite` for what each durability needs).
 
 Every write request of every session actor goes through one writer, which
 takes all that is queued, runs it in a single transaction (a savepoint per
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import queue
 import sqlite3
 import threading
@@ -21,17 +22,21 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from ._store import StoreError
+from ._interface import StoreError
 
 __all__ = ["Checkpointer", "TaskWriter", "ThreadWriter", "Writer"]
 
 T = TypeVar("T")
 
-# Requests per transaction: bounds a commit's latency, and (at "process",
-# where the commit runs in trio's thread) the time one turn of the event loop
-# spends in it and in waking the callers: 256 snapshots of a hibernation
-# storm take ~10 ms.
+# Requests per transaction: bounds a commit's latency and the wake-ups of
+# its callers that one turn of the event loop does.
 _MAX_BATCH: Final = 256
+# Requests a `TaskWriter` commits in trio's own thread; a larger batch (a
+# storm: thousands of sessions hibernating or stopping together) commits in
+# a worker thread, so that the loop goes on meanwhile. 256 snapshots take
+# 10-35 ms of the commit's thread; 16 take about 1-2 ms, and a lone write
+# (the common case, where latency matters) never waits for a thread.
+_INLINE_BATCH: Final = 16
 _SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
 _GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
 _CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
@@ -96,6 +101,14 @@ class Writer:
     def _serve(self, batch: list[_Request]) -> None:
         """Commits `batch` and wakes its callers, whatever happens."""
         try:
+            self._commit(batch)
+        finally:
+            self._wake(batch)
+
+    def _commit(self, batch: list[_Request]) -> None:
+        """Commits `batch`: afterwards every request in it is finished (with
+        its value or error), whatever happens. Wakes nobody."""
+        try:
             live = [r for r in batch if not r.abandoned]
             self._transaction([r for r in live if r.kind != "raw"])
             for r in live:
@@ -107,7 +120,6 @@ class Writer:
                     r.value, r.error = None, trio.BrokenResourceError(
                         "the store's writer failed")
                     r.finished = True
-            self._wake(batch)
 
     def _wake_failed(self, batch: list[_Request]) -> None:
         """Fails `batch` untried: the writer itself has failed."""
@@ -201,11 +213,23 @@ class TaskWriter(Writer):
     durability "process" a commit is a write into the WAL file, with no
     fsync, and the WAL is checkpointed by a `Checkpointer` in another thread,
     so that no commit waits on the database file.
+
+    A batch of more than `_INLINE_BATCH` requests commits in a worker thread
+    instead (the leader waits for it, and the callers queued meanwhile form
+    the next batch), and so does any batch while the checkpointer truncates
+    the WAL: the event loop never holds still for a storm's commits, nor
+    waits on SQLite's write lock.
     """
 
     def __init__(self, conn: sqlite3.Connection, checkpointer: Checkpointer | None) -> None:
         super().__init__(conn)
         self._checkpointer = checkpointer
+        # Held by each commit, and by the checkpointer while it truncates the
+        # WAL (which takes SQLite's write lock): a commit that cannot have it
+        # at once waits for it in a worker thread, not in trio's.
+        self._truncating = (checkpointer.truncating if checkpointer is not None
+                            else threading.Lock())
+        self.threaded_commits = 0  # batches committed in a worker thread
         self._queue: list[_Request] = []
         self._leading = False
         self._stopping = False
@@ -253,7 +277,18 @@ class TaskWriter(Writer):
             del self._queue[:_MAX_BATCH]
             assert batch[0] is mine
             self._busy = len(batch) > 1
-            self._serve(batch)
+            try:
+                if len(batch) <= _INLINE_BATCH and self._truncating.acquire(blocking=False):
+                    try:
+                        self._commit(batch)
+                    finally:
+                        self._truncating.release()
+                else:
+                    self.threaded_commits += 1
+                    with trio.CancelScope(shield=True):  # taken requests commit
+                        await trio.to_thread.run_sync(self._commit_locked, batch)
+            finally:
+                self._wake(batch)
             self._last_commit = trio.current_time()
         except BaseException as exc:  # a bug: fail every caller, now and later
             self._broken = exc
@@ -263,6 +298,11 @@ class TaskWriter(Writer):
             self._idle.set()
             raise
         self._hand_over()
+
+    def _commit_locked(self, batch: list[_Request]) -> None:
+        """`_commit`, in a worker thread, once the checkpointer lets it."""
+        with self._truncating:
+            self._commit(batch)
 
     def _hand_over(self) -> None:
         """Passes the lead to the first caller still waiting, or ends it."""
@@ -308,11 +348,24 @@ class Checkpointer:
     every `_CHECKPOINT_EVERY` commits, and every second while there are any.
 
     After a delete it also truncates the WAL, `_SHRED_DELAY` later, so that
-    a deleted session's pages leave it (crypto-shredding).
+    a deleted session's pages leave it (crypto-shredding); and it truncates
+    a WAL file grown past `wal_limit` bytes (a burst of writes outpaces the
+    checkpoints) once a checkpoint has caught up. The writer's own connection
+    never truncates the WAL (``journal_size_limit = -1``): shortening a file
+    of hundreds of MB takes the kernel 100-250 ms, which in trio's thread
+    would stall the event loop.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, wal_path: str | None = None,
+                 wal_limit: int = 64 << 20) -> None:
         self._conn = conn
+        self._wal_path = wal_path
+        self._wal_limit = wal_limit
+        # Held while a TRUNCATE checkpoint holds SQLite's write lock: the
+        # `TaskWriter` takes it around each commit, so that it waits for the
+        # truncation in a worker thread, never in trio's.
+        self.truncating = threading.Lock()
+        self.truncations = 0
         self._cond = threading.Condition()
         self._commits = 0
         self._shred_at: float | None = None
@@ -352,12 +405,15 @@ class Checkpointer:
                         return
                     commits, self._commits = self._commits, 0
                     shred = self._shred_at is not None and time.monotonic() >= self._shred_at
+                unfinished = False
                 if commits or shred:
-                    self._checkpoint("PASSIVE")
+                    unfinished = self._checkpoint("PASSIVE")
                 if shred:
-                    busy = self._checkpoint("TRUNCATE")
+                    busy = self._truncate()
                     with self._cond:
                         self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
+                elif not unfinished and self._wal_size() > self._wal_limit:
+                    self._truncate()
         finally:
             self._conn.close()
 
@@ -366,6 +422,20 @@ class Checkpointer:
         unfinished = wal_checkpoint(self._conn, mode)
         self.checkpoints += 1
         return unfinished
+
+    def _truncate(self) -> bool:
+        """Checkpoints and truncates the WAL; True if it could not finish."""
+        with self.truncating:
+            self.truncations += 1
+            return self._checkpoint("TRUNCATE")
+
+    def _wal_size(self) -> int:
+        if self._wal_path is None:
+            return 0
+        try:
+            return os.path.getsize(self._wal_path)
+        except OSError:
+            return 0
 
 
 _STOP: Final = object()
