@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from nexusd import Config
+from nexusd._daemon import websocket_settings
 from nexusd._origins import ANY, check_browser, listen_hosts, normalize_origin
 
 LOOPBACK = listen_hosts("127.0.0.1")
@@ -40,3 +44,15 @@ def test_hosts_are_the_listening_names() -> None:
         assert check_browser(None, host, (), LOOPBACK) is not None, host
     assert check_browser(None, "anything", (), None) is None
     assert check_browser(None, "anything", (), {ANY}) is None
+
+
+def test_the_daemons_own_http_origin_may_open_a_websocket(tmp_path: Path) -> None:
+    config = Config(data=tmp_path, socket=None, http="127.0.0.1:8000",
+                    allowed_origins="https://app.example")
+    settings = websocket_settings(config, "127.0.0.1")
+    assert settings.allowed_origins == {
+        "https://app.example", "http://127.0.0.1:8000", "http://localhost:8000",
+        "http://[::1]:8000"}
+    assert settings.allowed_hosts == {"127.0.0.1", "localhost", "::1"}
+    assert websocket_settings(Config(data=tmp_path, socket=None, http=None),
+                              "127.0.0.1").allowed_origins == frozenset()
