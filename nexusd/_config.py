@@ -221,6 +221,26 @@ class Config:
     sse_queue_bytes: int = attrs.field(
         default=8 << 20,
         metadata={"help": "bytes queued per HTTP event stream before it lags"})
+    # Workflow runs (README "Workflows").
+    run_attempts: int = attrs.field(
+        default=3, metadata={"help": "dispatches of one workflow run at most (a worker that "
+                                     "dies or misses its lease loses the run)"})
+    run_wait: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "a run waits this long for a worker serving its workflow, then "
+                          "fails"})
+    run_lease: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "a worker reports (heartbeat, progress) within this, or its run "
+                          "is dispatched again"})
+    run_timeout: float = attrs.field(
+        default=3600.0, converter=_duration,
+        metadata={"help": "a run that has not ended this long after it started fails"})
+    run_backoff: float = attrs.field(
+        default=1.0, converter=_duration,
+        metadata={"help": "wait before a run's second attempt; doubles for each after"})
+    run_max_inputs: int = attrs.field(
+        default=64 * 1024, metadata={"help": "largest inputs of a run, encoded bytes"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -230,7 +250,8 @@ class Config:
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
-                     "http_max_body", "sse_queue", "sse_queue_bytes"):
+                     "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
+                     "run_max_inputs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -243,6 +264,8 @@ class Config:
             raise ConfigError("create_rate must be above 0")
         if self.require_create_key not in ("auto", "always", "never"):
             raise ConfigError("require_create_key must be auto, always or never")
+        if self.run_lease <= 0:
+            raise ConfigError("run_lease must be above 0")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:

@@ -46,6 +46,7 @@ from .transports._handler import ConnectionHandler, ConnectionSettings, Transpor
 from .transports._outbox import Flusher
 from .transports._unix import open_unix_listener, serve_unix
 from .transports._websocket import WebSocketSettings, serve_ws
+from .workflows import RunPolicy, Workflows
 
 __all__ = ["Daemon"]
 
@@ -54,6 +55,8 @@ log = logging.getLogger("nexusd")
 #: In the data directory while a daemon serves it: its process id, so that
 #: `nexusd keys rotate` can tell it to reload its keys.
 PID_FILE = "nexusd.pid"
+#: The index of workflow runs in flight, in the data directory.
+RUNS_INDEX = "runs.json"
 #: Descriptors kept out of `max_connections`: the store, listeners, logs.
 SPARE_DESCRIPTORS = 256
 
@@ -218,10 +221,13 @@ class Daemon:
                 self.service = SessionService(registry=self.registry, store=self.store,
                                               analytics=self.analytics, stats=self.stats,
                                               busy_timeout=config.busy_timeout,
-                                              limits=self.peer_limits)
+                                              limits=self.peer_limits,
+                                              workflows=self._workflows)
                 async with trio.open_nursery() as services:
                     self._services = services
                     await services.start(self.reaper.run)
+                    assert self.service.workflows is not None
+                    await services.start(self.service.workflows.run)
                     await services.start(self.registry.hibernate_quiet)
                     await services.start(self.peer_limits.run)
                     if keys is not None:
@@ -249,6 +255,17 @@ class Daemon:
                 pid_file.unlink(missing_ok=True)
             self.stopped.set()
         log.info("stopped")
+
+    def _workflows(self, service: SessionService) -> Workflows:
+        config = self.config
+        # The index of runs in flight lives beside a store on disk.
+        on_disk = self.store.keys is not None
+        return Workflows(call=service.call, policy=RunPolicy(
+            attempts=config.run_attempts, wait=config.run_wait, lease=config.run_lease,
+            timeout=config.run_timeout, backoff=config.run_backoff,
+            max_inputs=config.run_max_inputs),
+            index=config.data / RUNS_INDEX if on_disk else None,
+            fsync=config.durability == "power")
 
     def reload_keys_soon(self) -> None:
         """Starts `reload_keys` beside the daemon's other services."""
@@ -390,6 +407,7 @@ class Daemon:
             "started_at": self._started_wall,
             "uptime_seconds": trio.current_time() - self._started_at,
             "durability": self.config.durability,
+            **(self.service.workflows.statistics() if self.service.workflows else {}),
             "sessions_active": r.active,
             "sessions_stored": await self.store.count(),
             "sessions_created": r.created,

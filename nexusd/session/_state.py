@@ -14,7 +14,8 @@ import attrs
 import msgpack
 from nexus_protocol import Change
 
-__all__ = ["EPSILON", "MAX_TRANSITIONS", "Entry", "SessionState", "count_label"]
+__all__ = ["EPSILON", "MAX_RUNS", "MAX_TRANSITIONS", "RUN_ENDS", "Entry", "SessionState",
+           "count_label"]
 
 #: Deadlines count as reached this close to them: wall-clock times go through
 #: float sums with trio's clock, which may land a rounding step short.
@@ -22,6 +23,11 @@ EPSILON: Final = 1e-6
 
 #: Channel transitions kept per session (the oldest are dropped).
 MAX_TRANSITIONS: Final = 100
+#: Ended workflow runs kept per session (the oldest are dropped; runs in
+#: flight are always kept).
+MAX_RUNS: Final = 100
+#: The events that end a run.
+RUN_ENDS: Final = frozenset({"completed", "failed", "cancelled"})
 #: Workflow-history items kept in the context.
 MAX_HISTORY: Final = 1000
 #: Distinct channel labels tracked per session, and per daemon-wide counter;
@@ -75,6 +81,8 @@ class SessionState:
     channels: dict[str, dict[str, Any]] = attrs.Factory(dict)
     # op -> count of changes
     counters: dict[str, int] = attrs.Factory(dict)
+    # run_id -> the run's record, as its `run` changes left it (SPEC section 15)
+    runs: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         if not self.last_activity:
@@ -174,12 +182,37 @@ class SessionState:
                                 "updated_at": ts}
         elif op == "renew":
             self.expires_at = value["expires_at"]
+        elif op == "run":
+            self._apply_run(value)
         else:
             raise ValueError(f"unknown change op {op!r}")
         self.seq = change.seq
         self.last_activity = max(self.last_activity, ts)
         self.counters[op] = self.counters.get(op, 0) + 1
         self._channel(change.channel, ts)["changes"] += 1
+
+    def _apply_run(self, value: dict[str, Any]) -> None:
+        event = value["event"]
+        run = self.runs.get(value["run_id"])
+        if run is None:
+            run = self.runs[value["run_id"]] = {
+                "run_id": value["run_id"], "workflow": value["workflow"],
+                "status": "running", "attempt": 0, "step": 0, "total": 0, "progress": 0.0,
+                "started_at": value["ts"], "ended_at": None}
+        for key in ("inputs", "idempotency_key", "attempt", "step", "total", "progress",
+                    "message", "result", "error", "worker", "duration"):
+            if key in value:
+                run[key] = value[key]
+        if event in RUN_ENDS:
+            run["status"] = event
+            run["ended_at"] = value["ts"]
+            ended = [k for k, r in self.runs.items() if r["status"] in RUN_ENDS]
+            for k in ended[:-MAX_RUNS]:
+                del self.runs[k]
+
+    def runs_in_flight(self) -> list[dict[str, Any]]:
+        """The runs that have not ended, oldest first."""
+        return [r for r in self.runs.values() if r["status"] not in RUN_ENDS]
 
     # ------------------------------------------------------------- storing
 

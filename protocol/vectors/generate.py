@@ -235,6 +235,24 @@ valid("analytics", "Cross-session analytics.", {"t": "analytics", "id": 36})
 valid("run", "Runs a workflow (reserved in v1).",
       {"t": "run", "id": 37, "session_id": SID, "workflow": "data_analysis",
        "inputs": {"dataset": "sales_q3"}, "resume": True})
+valid("cancel_run", "Cancels a run in flight.",
+      {"t": "cancel_run", "id": 38, "session_id": SID, "run_id": "run-77", "token": TOKEN})
+valid("register", "A worker serving two workflows, two runs at a time.",
+      {"t": "register", "id": 39, "workflows": ["data-processor", "multi-step-processor"],
+       "concurrency": 2})
+valid("register_default_concurrency", "A worker serving one workflow; concurrency defaults to 1.",
+      {"t": "register", "id": 40, "workflows": ["data-processor"]},
+      wire={"t": "register", "id": 40, "workflows": ["data-processor"]})
+valid("heartbeat", "A worker is alive.", {"t": "heartbeat", "id": 41})
+valid("run_progress", "Step 2 of 5 done, with a little data.",
+      {"t": "run_progress", "id": 42, "session_id": SID, "run_id": "run-77", "step": 2,
+       "total": 5, "message": "aggregate", "data": {"rows": 600}})
+valid("run_complete", "A run finished with its outputs.",
+      {"t": "run_complete", "id": 43, "session_id": SID, "run_id": "run-77",
+       "result": {"rows": 1200}})
+valid("run_fail", "A worker gives up a run and asks for another attempt.",
+      {"t": "run_fail", "id": 44, "session_id": SID, "run_id": "run-77",
+       "error": "database unreachable", "retry": True})
 
 # -------------------------------------------------------------------- replies
 
@@ -302,6 +320,8 @@ valid("sessions", "A page of sessions, with more to come.",
        "after": SID})
 valid("run_started", "A workflow run started (reserved).",
       {"t": "run_started", "id": 37, "run_id": "run-77", "seq": 47})
+valid("registered", "This connection is a worker; heartbeat within 30 s.",
+      {"t": "registered", "id": 39, "worker_id": "w-1f3a", "lease": 30.0})
 
 # --------------------------------------------------------------------- events
 
@@ -366,6 +386,10 @@ valid("progress", "Workflow progress (reserved).",
 valid("result", "Workflow outcome (reserved).",
       {"t": "result", "session_id": SID, "run_id": "run-77", "status": "completed",
        "result": {"rows": 1200}})
+valid("dispatch", "Run data-processor, second attempt, continuing from the session's step.",
+      {"t": "dispatch", "session_id": SID, "run_id": "run-77", "workflow": "data-processor",
+       "inputs": {"dataset": "sales_q3"}, "attempt": 2, "idempotency_key": "run-77",
+       "lease": 30.0, "resume": True})
 
 
 # -------------------------------------------------------------------- invalid
@@ -421,6 +445,9 @@ invalid("missing_required_field", "set without 'value' (nil would be a value; ab
         framed(set_body(10, key="k")), "bad_request", request_id=10)
 invalid("nil_required_field", "set.key is nil, which counts as absent.",
         framed(set_body(11, key=None, value=1)), "bad_request", request_id=11)
+invalid("register_workflows_not_a_list", "register.workflows must be an array.",
+        framed(packb({"t": "register", "id": 12, "workflows": "data-processor",
+                      "concurrency": 1})), "bad_request", request_id=12)
 invalid("missing_session_id", "get without its required session_id.",
         framed(packb({"t": "get", "id": 12, "key": "k"})), "bad_request", request_id=12)
 invalid("bad_utf8",

@@ -14,6 +14,8 @@ PUBLIC = {
     "Target", "default_target", "DEFAULT_CLIENT_NAME",
     # blocking facade
     "Nexus",
+    # workers
+    "Worker", "RunContext", "SyncRunContext", "Retry", "steps",
     # results and events
     "SessionInfo", "SessionState", "Entry", "WriteResult", "Transition", "Renewal",
     "SessionPage", "Change", "Snapshot", "Presence", "Expired", "Invalidated", "Progress",
