@@ -43,6 +43,7 @@ class _Request:
     error: BaseException | None = None
     finished: bool = False  # value or error is final
     abandoned: bool = False  # its caller was cancelled before the writer took it
+    leads: bool = False  # `done` set to hand its caller the lead (TaskWriter)
 
     def result(self) -> Any:
         if self.error is not None:
@@ -224,21 +225,32 @@ class TaskWriter(Writer):
         if not self._leading:
             self._leading = True
             self._idle = trio.Event()
+            await self._lead(req)  # cannot be cancelled: a taken request commits
+            return req.result()  # type: ignore[no-any-return]
+        try:
+            await req.done.wait()
+        except BaseException:
+            # Cancelled. `done` may have been set all the same, handing this
+            # caller the lead, between the cancel and this task running: then
+            # nobody else will commit, so withdraw the request and pass the
+            # lead on now, without waiting.
+            if not req.done.is_set() or req.leads:
+                req.abandoned = True
+            if req.leads:
+                self._hand_over()
+            raise
+        if req.leads:
             await self._lead(req)
-        else:
-            try:
-                await req.done.wait()
-            finally:
-                if not req.done.is_set():
-                    req.abandoned = True
-            if not req.finished:  # handed the lead
-                await self._lead(req)
         return req.result()  # type: ignore[no-any-return]
 
     async def _lead(self, mine: _Request) -> None:
         """Commits what is queued (`mine` first), then hands the lead to the
         next caller still waiting, if any: a leader serves one batch, so
-        that its own caller is never held up by a stream of others."""
+        that its own caller is never held up by a stream of others.
+
+        Its only await is shielded, so a leader always finishes its batch
+        and its hand-over, whatever happens to its caller.
+        """
         try:
             if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
                 # Writes are coming thick: let the tasks about to run add
@@ -265,7 +277,10 @@ class TaskWriter(Writer):
         while self._queue and self._queue[0].abandoned:
             self._queue.pop(0).finished = True  # its caller is gone
         if self._queue:
-            self._queue[0].done.set()  # leads, once it runs
+            # It leads once it runs, or, if it turns out to be cancelled,
+            # passes the lead on in turn (see `submit`).
+            self._queue[0].leads = True
+            self._queue[0].done.set()
         else:
             self._leading = False
             self._idle.set()
