@@ -119,12 +119,16 @@ class Config:
     shutdown_grace: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
+    wal_limit: int = attrs.field(
+        default=64 << 20,
+        metadata={"help": "WAL file size, bytes, past which the store empties the WAL even "
+                          "if commits wait a moment for readers to finish"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_frame", "max_key", "max_depth", "max_patch", "max_keys",
-                     "retention", "mailbox_size", "queue_size", "max_in_flight"):
+                     "retention", "mailbox_size", "queue_size", "max_in_flight", "wal_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITY:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 from nexus_protocol import Limits
 
@@ -55,7 +56,8 @@ async def open_store(config: Config) -> Store:
     # The store reads its clock in its writer thread, where trio's clock (and
     # so `WallClock.now`) cannot be read: it gets the plain wall clock.
     return await open_sqlite_store(config.data, durability=config.durability,
-                                   retention_events=config.retention, clock=time.time)
+                                   retention_events=config.retention, clock=time.time,
+                                   wal_limit=config.wal_limit)
 
 
 def read_or_create_admin_key(data: Path) -> str:
@@ -242,6 +244,7 @@ class Daemon:
 
     async def stats(self) -> dict[str, Any]:
         r = self.registry.statistics()
+        store_statistics = getattr(self.store, "statistics", None)  # a disk store's figures
         kinds: dict[str, int] = {}
         for h in self.connections.values():
             kinds[h.transport.kind] = kinds.get(h.transport.kind, 0) + 1
@@ -262,6 +265,7 @@ class Daemon:
             "subscribers": sum(a.subscriber_count for a in self.registry.actors()),
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port},
+            "store": attrs.asdict(store_statistics()) if store_statistics else None,
         }
 
     def analytics(self) -> dict[str, Any]:

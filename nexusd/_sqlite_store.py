@@ -90,6 +90,11 @@ class StoreStatistics:
         queued: requests waiting for the writer right now.
         reads: reads served.
         sessions_read: session rows decoded by reads (a measure of read work).
+        wal_bytes: the size of the WAL file now.
+        checkpoints: WAL checkpoints the store ran (at durability "power",
+            not counting those SQLite runs by itself after commits).
+        wal_truncations: checkpoints that emptied the WAL file (after deletes,
+            over the WAL limit, or asked for).
     """
 
     commits: int
@@ -100,6 +105,9 @@ class StoreStatistics:
     queued: int
     reads: int
     sessions_read: int
+    wal_bytes: int
+    checkpoints: int
+    wal_truncations: int
 
 
 # -- schema -----------------------------------------------------------------
@@ -278,7 +286,8 @@ def _check_keys(conn: sqlite3.Connection, keyring: KeyRing) -> None:
     conn.execute("COMMIT")
 
 
-def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Connection:
+def _connect(target: str, durability: str, *, wal_limit: int = 64 << 20,
+             uri: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
                            timeout=_BUSY_TIMEOUT_MS / 1000, uri=uri)
     try:
@@ -291,7 +300,9 @@ def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Conn
                 raise StoreError(f"cannot put the database in WAL mode (it is in {mode})")
             level = "FULL" if durability == "power" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {level}")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
+            # A WAL that grew past this while readers kept it from resetting
+            # is cut back to it at its next reset.
+            conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit)}")
         conn.execute("PRAGMA secure_delete = ON")
     except BaseException:
         conn.close()
@@ -340,7 +351,8 @@ class SqliteStore:
         return StoreStatistics(commits=w.commits, writes=w.writes, appends=w.appends,
                                events=w.events, largest_batch=w.largest_batch,
                                queued=w.queued, reads=self._reads,
-                               sessions_read=self._sessions_read)
+                               sessions_read=self._sessions_read, wal_bytes=w.wal_bytes(),
+                               checkpoints=w.checkpoints, wal_truncations=w.truncations)
 
     async def __aenter__(self) -> SqliteStore:
         return self
@@ -560,11 +572,14 @@ class SqliteStore:
 
         The writer does this by itself about a second after deletes; this is
         for tests and for taking backups.
+
+        Raises:
+            StoreError: readers kept the WAL in use for 10 s, or the
+                checkpoint failed.
         """
-        def run(conn: sqlite3.Connection) -> None:
-            if self._n_readers:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._write("raw", run)
+        if self._closed:
+            raise trio.ClosedResourceError("the store is closed")
+        await self._writer.checkpoint()
 
     # ---- reads ----
 
@@ -658,6 +673,7 @@ async def open_sqlite_store(
     retention_seconds: float = 86400.0,
     clock: Callable[[], float] = time.time,
     readers: int = 4,
+    wal_limit: int = 64 << 20,
 ) -> SqliteStore:
     """Opens (creating if needed) the store in `data_dir`.
 
@@ -672,6 +688,9 @@ async def open_sqlite_store(
             before the snapshot) each session keeps for resume.
         clock: wall-clock seconds, for the age window of retention.
         readers: read connections (disk stores only).
+        wal_limit: WAL file size, bytes, past which the store truncates the
+            WAL even if that means holding up commits briefly while readers
+            finish (disk stores only).
 
     Raises:
         StoreError: the database cannot be opened, is newer than this nexusd,
@@ -683,6 +702,8 @@ async def open_sqlite_store(
                          f"not {durability!r}")
     if durability != "memory" and data_dir is None:
         raise ValueError(f"durability {durability!r} needs a data directory")
+
+    wal = None if data_dir is None else Path(data_dir) / f"{DB_FILE}-wal"
 
     def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing,
                            Checkpointer | None]:
@@ -699,20 +720,21 @@ async def open_sqlite_store(
             # Created 0600 here; SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(target, os.O_RDWR | os.O_CREAT, 0o600))
         try:
-            conn = _connect(target, durability)
+            conn = _connect(target, durability, wal_limit=wal_limit)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {target}: {exc}") from None
         try:
             migrate(conn)
             _check_keys(conn, ring)
-            pool = [_connect(target, durability) for _ in range(readers)
+            pool = [_connect(target, durability, wal_limit=wal_limit) for _ in range(readers)
                     if durability != "memory"]
             for r in pool:
                 r.execute("PRAGMA query_only = ON")
             checkpointer = None
             if durability == "process":
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
-                checkpointer = Checkpointer(_connect(target, durability))
+                checkpointer = Checkpointer(_connect(target, durability, wal_limit=wal_limit),
+                                            Path(f"{target}-wal"), wal_limit=wal_limit)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None
@@ -722,7 +744,7 @@ async def open_sqlite_store(
         return conn, pool, ring, checkpointer
 
     conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
-    writer: Writer = (ThreadWriter(conn) if durability == "power"
+    writer: Writer = (ThreadWriter(conn, wal, wal_limit=wal_limit) if durability == "power"
                        else TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
                        retention_seconds=retention_seconds, clock=clock)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -32,6 +34,10 @@ _SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges
 _GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
 _CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
 _CHECKPOINT_INTERVAL: Final = 1.0  # seconds between checkpoints while anything commits
+# A truncating checkpoint holds up commits while it waits for the readers
+# still using the WAL: it waits this long at most, then tries again later.
+_TRUNCATE_WAIT: Final = 0.1  # seconds
+_TRUNCATE_TIMEOUT: Final = 10.0  # seconds a requested checkpoint keeps trying
 
 
 @attrs.define(eq=False)
@@ -75,6 +81,28 @@ class Writer:
     @property
     def queued(self) -> int:
         raise NotImplementedError
+
+    @property
+    def checkpoints(self) -> int:
+        """WAL checkpoints the store ran (not SQLite's automatic ones)."""
+        return 0
+
+    @property
+    def truncations(self) -> int:
+        """Checkpoints that emptied the WAL file."""
+        return 0
+
+    def wal_bytes(self) -> int:
+        """The WAL file's size now (0 for a database without one)."""
+        return 0
+
+    async def checkpoint(self) -> None:
+        """Copies the whole WAL into the database file and truncates it.
+
+        Raises:
+            StoreError: readers kept the WAL in use for `_TRUNCATE_TIMEOUT`
+                seconds, or the checkpoint failed.
+        """
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` in the writer's next transaction and returns its value
@@ -215,6 +243,21 @@ class TaskWriter(Writer):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def checkpoints(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.checkpoints
+
+    @property
+    def truncations(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.truncations
+
+    def wal_bytes(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.wal_bytes()
+
+    async def checkpoint(self) -> None:
+        if self._checkpointer is not None:  # else the database is in memory
+            await trio.to_thread.run_sync(self._checkpointer.truncate)
+
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._broken is not None:
             raise trio.BrokenResourceError("the store's writer failed") from self._broken
@@ -291,7 +334,9 @@ class TaskWriter(Writer):
 
     def _committed(self, requests: list[_Request]) -> None:
         if self._checkpointer is not None:
-            self._checkpointer.committed(deleted=any(r.kind == "delete" for r in requests))
+            deleted = any(r.kind == "delete" for r in requests)
+            if self._checkpointer.committed(deleted=deleted):
+                self._checkpointer.truncate_from(self._conn)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -303,14 +348,47 @@ class TaskWriter(Writer):
             await trio.to_thread.run_sync(self._conn.close)
 
 
-def wal_checkpoint(conn: sqlite3.Connection, mode: str) -> bool:
+def wal_checkpoint(conn: sqlite3.Connection, mode: str, *,
+                   wait: float | None = None) -> bool:
     """Runs `PRAGMA wal_checkpoint(mode)`; True if it could not finish (a
-    reader or the writer was in the way, or it failed): try again later."""
+    reader or the writer was in the way, or it failed): try again later.
+    `wait` bounds, in seconds, how long it waits for them (the connection's
+    busy timeout otherwise)."""
     try:
-        busy: int = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        if wait is None:
+            return bool(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
+        before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        try:
+            return bool(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {before}")
     except sqlite3.Error:
         return True
-    return bool(busy)
+
+
+def truncate_wal(conn: sqlite3.Connection) -> None:
+    """Copies the whole WAL into the database file and truncates it to
+    nothing, trying again while readers keep it in use.
+
+    Raises:
+        StoreError: they still did after `_TRUNCATE_TIMEOUT` seconds, or
+            the checkpoint failed.
+    """
+    deadline = time.monotonic() + _TRUNCATE_TIMEOUT
+    while wal_checkpoint(conn, "TRUNCATE", wait=_TRUNCATE_WAIT):
+        if time.monotonic() >= deadline:
+            raise StoreError("could not checkpoint the WAL: it stayed in use "
+                             f"for {_TRUNCATE_TIMEOUT:g} s")
+        time.sleep(_TRUNCATE_WAIT / 10)  # let the writer commit meanwhile
+
+
+def wal_size(wal: Path) -> int:
+    """The size of the WAL file `wal`, 0 if there is none."""
+    try:
+        return os.stat(wal).st_size
+    except FileNotFoundError:
+        return 0
 
 
 class Checkpointer:
@@ -318,31 +396,100 @@ class Checkpointer:
     its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
     every `_CHECKPOINT_EVERY` commits, and every second while there are any.
 
-    After a delete it also truncates the WAL, `_SHRED_DELAY` later, so that
-    a deleted session's pages leave it (crypto-shredding).
+    A passive checkpoint cannot reset the WAL while readers use it, and under
+    sustained load they always do. So once a commit leaves the WAL file over
+    half of `wal_limit` bytes this thread checkpoints at once, and once over
+    `wal_limit` the writer itself, which holds the write lock between its
+    transactions anyway, copies what is left and truncates the WAL, waiting
+    for the readers still in it `_TRUNCATE_WAIT` at most (and if they were
+    still there, trying again as long after). (From this thread, that would
+    have to win the write lock from a writer that commits back to back, and
+    the thread can lag.) When the writer has gone quiet, this thread
+    truncates the WAL itself. After a delete it truncates too,
+    `_SHRED_DELAY` later, so that a deleted session's pages leave it
+    (crypto-shredding).
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, wal: Path, *, wal_limit: int) -> None:
         self._conn = conn
+        self._wal = wal
+        self._wal_limit = wal_limit
         self._cond = threading.Condition()
+        # One checkpoint at a time on the connection: SQLite refuses a second
+        # one at once (busy), which would leave a requested truncation undone.
+        self._lock = threading.Lock()
         self._commits = 0
         self._shred_at: float | None = None
+        self._filling = False  # a commit found the WAL over half the limit
+        self._retry_at = 0.0  # when to truncate again, after readers were in the way
         self._stopped = False
-        self.checkpoints = 0
+        self.checkpoints = self.truncations = 0
         self._thread = threading.Thread(target=self._main, name="nexusd-store-checkpointer",
                                         daemon=True)
         self._thread.start()
 
-    def committed(self, *, deleted: bool) -> None:
-        """Called by the writer after each commit."""
+    def committed(self, *, deleted: bool) -> bool:
+        """Called by the writer after each commit; True when the writer should
+        now truncate the WAL with `truncate_from`."""
         # Counted without the lock: a count lost or doubled by a race with the
         # thread's reset only moves one checkpoint a little.
         self._commits += 1
-        if self._commits >= _CHECKPOINT_EVERY or (deleted and self._shred_at is None):
+        # The WAL grows by up to a hundred megabytes a second under load: its
+        # size is checked at every commit (a stat, about 2 µs).
+        size = self.wal_bytes()
+        if size > self._wal_limit and time.monotonic() >= self._retry_at:
+            return True
+        filling = size > self._wal_limit // 2 and not self._filling
+        if (filling or self._commits >= _CHECKPOINT_EVERY
+                or (deleted and self._shred_at is None)):
             with self._cond:
+                if filling:
+                    self._filling = True
                 if deleted and self._shred_at is None:
                     self._shred_at = time.monotonic() + _SHRED_DELAY
                 self._cond.notify()
+        return False
+
+    def truncate_from(self, conn: sqlite3.Connection) -> None:
+        """Truncates the WAL from the writer's connection `conn`, between
+        transactions: holds up the writer about twice `_TRUNCATE_WAIT` at
+        most (a checkpoint of this thread's to finish, then readers)."""
+        # A checkpoint of this thread's (SQLite runs one at a time) can take
+        # a while under load (fsyncs): the writer waits for it, up to a
+        # point, rather than let the WAL grow meanwhile.
+        if not self._lock.acquire(timeout=_TRUNCATE_WAIT):
+            return  # at a later commit, then
+        try:
+            self._truncated(conn)
+        finally:
+            self._lock.release()
+
+    def _truncated(self, conn: sqlite3.Connection) -> bool:
+        """Truncates the WAL from `conn`; True if it could not."""
+        start = time.monotonic()
+        busy = self._checkpoint("TRUNCATE", conn)
+        # Busy: readers or another checkpoint were in the way; give the
+        # writer as long as they held it up before trying again.
+        self._retry_at = 2 * time.monotonic() - start if busy else 0.0
+        return busy
+
+    def wal_bytes(self) -> int:
+        return wal_size(self._wal)
+
+    def truncate(self) -> None:
+        """Copies the whole WAL into the database file and truncates it, now
+        (blocking: call it from a worker thread).
+
+        Raises:
+            StoreError: readers kept the WAL in use (see `truncate_wal`), or
+                the checkpointer has stopped.
+        """
+        with self._lock:
+            if self._stopped:
+                raise StoreError("the store is closed")
+            self.checkpoints += 1
+            truncate_wal(self._conn)
+            self.truncations += 1
 
     def stop(self) -> None:
         with self._cond:
@@ -357,25 +504,39 @@ class Checkpointer:
                     timeout = _CHECKPOINT_INTERVAL
                     if self._shred_at is not None:
                         timeout = min(timeout, max(0.0, self._shred_at - time.monotonic()))
-                    if not self._stopped and self._commits < _CHECKPOINT_EVERY:
+                    if (not self._stopped and not self._filling
+                            and self._commits < _CHECKPOINT_EVERY):
                         self._cond.wait(timeout)
                     if self._stopped:
                         return
                     commits, self._commits = self._commits, 0
+                    self._filling = False
                     shred = self._shred_at is not None and time.monotonic() >= self._shred_at
-                if commits or shred:
-                    self._checkpoint("PASSIVE")
+                # Over the limit with no commit since the last round: the
+                # writer is quiet, and this thread truncates.
+                quiet = not commits and self.wal_bytes() > self._wal_limit
+                with self._lock:
+                    if commits or shred or quiet:
+                        self._checkpoint("PASSIVE")  # most of the copying, holding nobody up
+                    if quiet:
+                        busy = self._truncated(self._conn)
+                    else:
+                        busy = shred and self._checkpoint("TRUNCATE")
                 if shred:
-                    busy = self._checkpoint("TRUNCATE")
                     with self._cond:
                         self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
         finally:
-            self._conn.close()
+            with self._lock:
+                self._conn.close()
 
-    def _checkpoint(self, mode: str) -> bool:
-        """Runs one checkpoint; True if it could not finish."""
-        unfinished = wal_checkpoint(self._conn, mode)
+    def _checkpoint(self, mode: str, conn: sqlite3.Connection | None = None) -> bool:
+        """Runs one checkpoint, from `conn` or this thread's connection; True
+        if it could not finish."""
+        wait = _TRUNCATE_WAIT if mode != "PASSIVE" else None
+        unfinished = wal_checkpoint(conn or self._conn, mode, wait=wait)
         self.checkpoints += 1
+        if mode == "TRUNCATE" and not unfinished:
+            self.truncations += 1
         return unfinished
 
 
@@ -385,10 +546,19 @@ _STOP: Final = object()
 class ThreadWriter(Writer):
     """Commits in a thread of its own: at durability "power" every commit
     fsyncs, and trio's thread must not wait for the disk. Takes everything
-    queued, commits, then wakes the callers in one trip to trio."""
+    queued, commits, then wakes the callers in one trip to trio.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    SQLite checkpoints the WAL by itself after commits (passively); once the
+    WAL file `wal` is over `wal_limit` bytes anyway, this writer truncates it
+    as the `Checkpointer` does.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, wal: Path | None = None, *,
+                 wal_limit: int = 64 << 20) -> None:
         super().__init__(conn)
+        self._wal = wal
+        self._wal_limit = wal_limit
+        self._checkpoints = self._truncations = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
@@ -403,6 +573,24 @@ class ThreadWriter(Writer):
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def checkpoints(self) -> int:
+        return self._checkpoints
+
+    @property
+    def truncations(self) -> int:
+        return self._truncations
+
+    def wal_bytes(self) -> int:
+        return 0 if self._wal is None else wal_size(self._wal)
+
+    async def checkpoint(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            self._checkpoints += 1
+            truncate_wal(conn)
+            self._truncations += 1
+        await self.submit("raw", run)
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._broken is not None:
@@ -461,6 +649,8 @@ class ThreadWriter(Writer):
         self._serve(batch)
         if self._shred_at is not None and time.monotonic() >= self._shred_at:
             self._checkpoint_for_shredding()
+        elif self._wal is not None and wal_size(self._wal) > self._wal_limit:
+            self._checkpoint("TRUNCATE", wait=_TRUNCATE_WAIT)
         return not stop
 
     def _committed(self, requests: list[_Request]) -> None:
@@ -471,8 +661,16 @@ class ThreadWriter(Writer):
         # Deleted sessions' pages (their wrapped keys) linger in the WAL until
         # it is checkpointed and truncated. Readers are short, so this rarely
         # waits; if one blocks it, try again shortly.
-        unfinished = wal_checkpoint(self._conn, "TRUNCATE")
+        unfinished = self._checkpoint("TRUNCATE")
         self._shred_at = time.monotonic() + _SHRED_DELAY if unfinished else None
+
+    def _checkpoint(self, mode: str, *, wait: float | None = None) -> bool:
+        """Runs one checkpoint; True if it could not finish."""
+        unfinished = wal_checkpoint(self._conn, mode, wait=wait)
+        self._checkpoints += 1
+        if mode == "TRUNCATE" and not unfinished:
+            self._truncations += 1
+        return unfinished
 
     def _wake(self, batch: list[_Request]) -> None:
         def wake() -> None:
