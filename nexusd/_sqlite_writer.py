@@ -559,6 +559,7 @@ class ThreadWriter(Writer):
         self._wal = wal
         self._wal_limit = wal_limit
         self._checkpoints = self._truncations = 0
+        self._retry_at = 0.0  # when to truncate the WAL again, after readers were in the way
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
@@ -649,8 +650,12 @@ class ThreadWriter(Writer):
         self._serve(batch)
         if self._shred_at is not None and time.monotonic() >= self._shred_at:
             self._checkpoint_for_shredding()
-        elif self._wal is not None and wal_size(self._wal) > self._wal_limit:
-            self._checkpoint("TRUNCATE", wait=_TRUNCATE_WAIT)
+        elif (self._wal is not None and time.monotonic() >= self._retry_at
+              and wal_size(self._wal) > self._wal_limit):
+            start = time.monotonic()
+            if self._checkpoint("TRUNCATE", wait=_TRUNCATE_WAIT):
+                # Readers were in the way: commit as long before trying again.
+                self._retry_at = 2 * time.monotonic() - start
         return not stop
 
     def _committed(self, requests: list[_Request]) -> None:
