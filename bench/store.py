@@ -39,15 +39,10 @@ from typing import Any
 import msgpack
 import trio
 
-from nexusd._crypto import load_keyring
-from nexusd._sqlite_store import (
-    _INSERT_SESSION,
-    DB_FILE,
-    SqliteStore,
-    new_session_row,
-    open_sqlite_store,
-)
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.store._crypto import load_keyring
+from nexusd.store._interface import SessionMeta, StoredEvent
+from nexusd.store._schema import DB_FILE, INSERT_SESSION, new_session_row
+from nexusd.store._sqlite import SqliteStore, open_sqlite_store
 
 PAYLOAD = msgpack.packb({"op": "set", "key": "cart.items", "value": ["sku-1234"] * 8,
                          "version": 17, "channel": "websocket", "seq": 0})
@@ -126,11 +121,11 @@ async def _writes(store: SqliteStore, tasks: int, seconds: float) -> dict[str, A
 
 async def bench_writes(base: Path, seconds: float, tasks: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for durability in ("memory", "process", "power"):
+    for durability in ("none", "process", "power"):
         results[durability] = {}
         for mode, n in (("batched", tasks), ("sequential", 1)):
             data_dir = base / f"writes-{durability}-{mode}"
-            store = await open_sqlite_store(None if durability == "memory" else data_dir,
+            store = await open_sqlite_store(None if durability == "none" else data_dir,
                                             durability=durability)
             try:
                 results[durability][mode] = await _writes(store, n, seconds)
@@ -187,7 +182,7 @@ def populate(data_dir: Path, n: int) -> dict[str, Any]:
                                     SNAPSHOT)[0]
                     for i in range(base, min(n, base + chunk))]
             conn.execute("BEGIN")
-            conn.executemany(_INSERT_SESSION, rows)
+            conn.executemany(INSERT_SESSION, rows)
             conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -25,8 +25,9 @@ from typing import Any
 
 import trio
 
-from nexusd._sqlite_store import DB_FILE, open_sqlite_store
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.store import SessionMeta, StoredEvent
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import open_sqlite_store
 
 SESSIONS = 200
 WRITERS = 64

@@ -100,9 +100,11 @@ async def cross_channel(socket: str | None, url: str) -> None:
         # 4. Handed over to "mcp" (an AI agent), which carries on.
         async with open_client(socket, channel="mcp", tokens={sid: token},
                                request_timeout=STEP_TIMEOUT) as mcp:
-            begun = await mcp.switch_channel(sid, "mcp", from_channel="cli",
+            # From the session's current channel: "api", where it was made
+            # (reading as "cli" moved nothing).
+            begun = await mcp.switch_channel(sid, "mcp", from_channel="api",
                                              reason="agent takes over")
-            say("mcp", f"switch cli -> mcp begun: transition {short(begun.transition_id)}, "
+            say("mcp", f"switch api -> mcp begun: transition {short(begun.transition_id)}, "
                        f"seq {begun.seq}")
             await show_until(events, begun.seq)
             done = await mcp.complete_switch(sid, begun.transition_id)

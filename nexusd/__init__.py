@@ -4,11 +4,10 @@ One session, many channels: every change is journaled, then seen by every
 channel attached to the session, in order.
 """
 
-__version__ = "0.1.0"
-
 from ._config import Config as Config
 from ._config import ConfigError as ConfigError
 from ._config import load_config as load_config
 from ._daemon import Daemon as Daemon
-from ._store import MemoryStore as MemoryStore
-from ._store import Store as Store
+from ._version import __version__ as __version__
+from .store import MemoryStore as MemoryStore
+from .store import Store as Store

@@ -26,6 +26,7 @@ SCOPES: Final = ("read", "write", "admin")
 _RANK: Final = {s: i for i, s in enumerate(SCOPES)}
 
 TOKEN_PREFIX: Final = "nxs_"
+ADMIN_KEY_PREFIX: Final = "nxa_"
 
 
 def new_session_id() -> str:
@@ -35,6 +36,12 @@ def new_session_id() -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_admin_key() -> str:
+    """256 random bits behind a prefix: never read as a flag (`-…`) on a
+    command line such as `nexus status --admin-key KEY`."""
+    return ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:

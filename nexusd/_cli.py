@@ -17,9 +17,9 @@ import trio
 
 from . import __version__
 from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
-from ._crypto import KeyRingError
 from ._daemon import PID_FILE, Daemon
-from ._sqlite_store import StoreError, keys_list, keys_retire, keys_rotate
+from ._keys_cli import keys_list, keys_retire, keys_rotate
+from .store import KeyRingError, StoreError
 
 __all__ = ["main"]
 
@@ -31,9 +31,10 @@ _FLAG_NAMES = {"socket": "--socket", "ws": "--ws", "data": "--data"}
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexusd",
-        description="nexusd: real-time session sync daemon. One session, many channels "
-                    "(WebSocket, Unix socket, CLI, HTTP, MCP); every change journaled, "
-                    "then seen by every channel in order.",
+        description="nexusd: real-time session sync daemon. Clients reach it over a Unix "
+                    "socket and WebSocket, each on a channel it names (api, cli, web, mcp "
+                    "or any label) that the session records; every change is journaled, "
+                    "then seen by every client attached to the session, in order.",
     )
     parser.add_argument("--version", action="version", version=f"nexusd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -57,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        shown = "" if name == "admin_key" else f" (default: {_show(default)})"
+        shown = "" if name in ("admin_key", "create_key") else f" (default: {_show(default)})"
         serve.add_argument(flag, dest=name, default=argparse.SUPPRESS,
                            metavar=name.split("_")[-1].upper(),
                            help=field.metadata.get("help", "") + shown)
@@ -123,8 +124,10 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-#: How often survivors are moved out of the collector's sight, and how often
-#: everything is collected in full. See `_gc_policy`.
+#: How often the young generations are collected, how often survivors are
+#: moved out of the collector's sight, and how often everything is collected
+#: in full. See `_gc_policy`.
+GC_YOUNG_EVERY = 0.05
 GC_FREEZE_EVERY = 10.0
 GC_FULL_EVERY = 3600.0
 #: Collections of the middle generation before CPython collects in full by
@@ -144,13 +147,27 @@ async def _gc_policy() -> None:
     old objects is reclaimed, with the pause logged. CPython's own full
     collections are turned off: between two freezes, a burst of new sessions
     would otherwise make one walk all of them at once.
+
+    The young generations are also collected every `GC_YOUNG_EVERY`, not
+    only when CPython decides: it counts allocations *minus deallocations*,
+    so while as many old objects die as new ones are made (thousands of
+    actors each replacing the frames it waits in, as a closed watcher or a
+    hibernation wakes them) no collection comes, the young generation grows
+    to hundreds of thousands of objects, and the first collection then walks
+    them all: 200-400 ms, and as much again in the middle generation. Every
+    50 ms, it only ever walks what 50 ms made.
     """
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, GC_OLDEST_THRESHOLD)
-    last_full = trio.current_time()
+    last_full = last_freeze = trio.current_time()
     while True:
-        await trio.sleep(GC_FREEZE_EVERY)
-        if trio.current_time() - last_full >= GC_FULL_EVERY:
+        await trio.sleep(GC_YOUNG_EVERY)
+        gc.collect(1)
+        now = trio.current_time()
+        if now - last_freeze < GC_FREEZE_EVERY:
+            continue
+        last_freeze = now
+        if now - last_full >= GC_FULL_EVERY:
             started = time.perf_counter()
             gc.unfreeze()
             found = gc.collect()
@@ -206,22 +223,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(config.log_level)
     log.info("nexusd %s starting (pid %d, durability %s, data %s)", __version__, os.getpid(),
              config.durability, config.data)
-    error = None
     try:
         trio.run(_serve, config)
-    except* (StoreError, KeyRingError) as group:
-        error = str(group.exceptions[0])
-    except* OSError as group:
-        error = _describe_os_error(group.exceptions[0])
-    if error is not None:
-        print(f"nexusd: error: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:  # exception groups too, however nested
+        return _report(error)
     return 0
 
 
-def _describe_os_error(err: BaseException) -> str:
-    assert isinstance(err, OSError)
-    return f"{err.strerror or err}" + (f": {err.filename}" if err.filename else "")
+#: Errors that say what is wrong around the daemon (a port in use, a store
+#: that cannot be opened), not what is wrong in it: no traceback for them.
+_EXPECTED = (StoreError, KeyRingError, OSError)
+
+
+def _report(error: Exception) -> int:
+    """Says why the daemon could not start, or stopped: one ``nexusd: error:``
+    line on stderr naming every failure once (and the traceback of any
+    unexpected one in the log); returns the exit status."""
+    leaves = _leaves(error)
+    if not all(isinstance(leaf, _EXPECTED) for leaf in leaves):
+        log.critical("stopped by an unexpected error", exc_info=error)
+    messages = dict.fromkeys(_describe(leaf) for leaf in leaves)
+    print(f"nexusd: error: {'; '.join(messages)}", file=sys.stderr)
+    return 1
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in `error`, exception groups opened at every depth."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _describe(error: BaseException) -> str:
+    """What went wrong, for a person."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    if isinstance(error, _EXPECTED):
+        return str(error) or type(error).__name__
+    return f"unexpected {type(error).__name__}: {error}"
 
 
 def _path(text: str) -> Path:

@@ -7,10 +7,12 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from nexus_protocol import DEFAULT_WS_HOST, DEFAULT_WS_PORT, default_socket_path, default_state_dir
+
+from .store import DURABILITIES
 
 __all__ = ["Config", "ConfigError", "default_config_path", "load_config", "parse_duration"]
 
@@ -111,11 +113,67 @@ class Config:
     busy_timeout: float = attrs.field(
         default=5.0, converter=_duration,
         metadata={"help": "wait for a full session mailbox before answering busy"})
-    handshake_timeout: float = attrs.field(default=10.0, converter=_duration,
-                                           metadata={"help": "time allowed for hello"})
+    handshake_timeout: float = attrs.field(
+        default=10.0, converter=_duration,
+        metadata={"help": "time allowed for hello (and before it, the WebSocket upgrade)"})
     write_timeout: float = attrs.field(
         default=30.0, converter=_duration,
         metadata={"help": "close a connection whose client stops reading this long"})
+    # Limits for untrusted clients (README "Limits").
+    create_key: str | None = attrs.field(
+        default=None, repr=False,
+        metadata={"help": "key a network client gives (hello credential) to create sessions "
+                          "(default: DATA/create.key, made when first needed)"})
+    require_create_key: str = attrs.field(
+        default="auto",
+        metadata={"help": "network clients need the create key to create sessions: auto "
+                          "(when a listener binds a non-loopback address), always, never"})
+    create_rate: float = attrs.field(
+        default=10.0, converter=float,
+        metadata={"help": "sessions a network peer may create per second (sustained)"})
+    create_burst: int = attrs.field(
+        default=100, metadata={"help": "sessions a network peer may create at once"})
+    max_sessions: int = attrs.field(
+        default=1_000_000, metadata={"help": "most sessions stored; create is busy beyond"})
+    max_active_sessions: int = attrs.field(
+        default=50_000,
+        metadata={"help": "most sessions in memory; beyond, the least recently used "
+                          "unwatched ones hibernate, and activations are busy if none can"})
+    max_memory: int = attrs.field(
+        default=1 << 30,
+        metadata={"help": "bytes of state and replay history held for active sessions (as "
+                          "encoded); beyond, as for max_active_sessions"})
+    max_idle: float = attrs.field(
+        default=7 * 86400.0, converter=_duration,
+        metadata={"help": "longest idle timeout allowed (a longer one is clamped)"})
+    max_metadata: int = attrs.field(
+        default=16 * 1024,
+        metadata={"help": "largest create metadata (and user id), encoded bytes"})
+    max_context: int = attrs.field(
+        default=64 * 1024,
+        metadata={"help": "largest context part (preferences, history, metrics, a "
+                          "transition's context), encoded bytes"})
+    queue_bytes: int = attrs.field(
+        default=8 << 20,
+        metadata={"help": "bytes queued per connection before a watcher lags"})
+    retention_bytes: int = attrs.field(
+        default=4 << 20,
+        metadata={"help": "bytes of changes kept per active session for resume"})
+    read_timeout: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "close a connection whose frame, once started, is not complete "
+                          "within this"})
+    idle_connection_timeout: float | None = attrs.field(
+        default=600.0, converter=_optional_duration,
+        metadata={"help": "close a connection with no subscription and no request for "
+                          "this long ('off': never)"})
+    max_connections: int = attrs.field(
+        default=10_000,
+        metadata={"help": "most client connections (lowered to fit the descriptor limit); "
+                          "beyond, new ones are told busy and closed"})
+    max_connections_per_peer: int = attrs.field(
+        default=1_000,
+        metadata={"help": "most connections from one network address"})
     shutdown_grace: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
@@ -128,22 +186,30 @@ class Config:
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_frame", "max_key", "max_depth", "max_patch", "max_keys",
-                     "retention", "mailbox_size", "queue_size", "max_in_flight", "wal_limit"):
+                     "retention", "mailbox_size", "queue_size", "max_in_flight",
+                     "create_burst", "max_sessions", "max_active_sessions", "max_memory",
+                     "max_metadata", "max_context", "queue_bytes", "retention_bytes",
+                     "max_connections", "max_connections_per_peer", "wal_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        if self.durability not in DURABILITY:
-            raise ConfigError(f"durability must be one of {', '.join(DURABILITY)}")
+        if self.durability not in DURABILITIES:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}")
         if self.default_ttl > self.max_ttl or self.default_ttl <= 0:
             raise ConfigError("default_ttl must be in (0, max_ttl]")
+        if self.default_idle is not None and self.default_idle > self.max_idle:
+            raise ConfigError("default_idle must not be above max_idle")
+        if self.create_rate <= 0:
+            raise ConfigError("create_rate must be above 0")
+        if self.require_create_key not in ("auto", "always", "never"):
+            raise ConfigError("require_create_key must be auto, always or never")
+        if self.read_timeout <= 0:
+            raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:
             ws_address(self.ws)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
-
-
-DURABILITY = ("process", "power", "memory")
 
 
 def ws_address(text: str) -> tuple[str, int]:
@@ -160,6 +226,7 @@ def ws_address(text: str) -> tuple[str, int]:
 
 
 FIELDS = {f.name: f for f in attrs.fields(Config)}
+_NUMBERS = {name for name, f in FIELDS.items() if cast(Any, f.converter) is float}
 
 
 def default_config_path(environ: Mapping[str, str]) -> Path:
@@ -174,6 +241,11 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if kind in ("Path", "Path | None") and value is not None:
         return Path(os.path.expanduser(str(value)))
+    if name in _NUMBERS:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, not {value!r}") from None
     if kind == "int":
         try:
             return int(value)

@@ -10,11 +10,15 @@ close the store.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
-import secrets
+import resource
 import ssl
 import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,53 +26,69 @@ import attrs
 import trio
 from nexus_protocol import Limits
 
-from . import __version__
-from ._actor import ActorConfig
+from ._auth import new_admin_key
+from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
-from ._crypto import KeyRingError
-from ._handler import ConnectionHandler, Transport
-from ._outbox import Flusher
-from ._reaper import Reaper
+from ._limits import LimitSettings, PeerLimits
+from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
-from ._sqlite_store import SqliteStore, StoreError, open_sqlite_store
-from ._store import MemoryStore, Store
-from ._transports import StreamTransport, open_unix_listener, serve_ws
+from ._service import SessionService
+from ._version import __version__
+from .session._actor import ActorConfig
+from .session._analytics import ChannelAnalytics
+from .session._commands import CommandLimits
+from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
+from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
+from .transports._outbox import Flusher
+from .transports._unix import open_unix_listener, serve_unix
+from .transports._websocket import serve_ws
 
-__all__ = ["Daemon", "open_store"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger("nexusd")
 
 #: In the data directory while a daemon serves it: its process id, so that
 #: `nexusd keys rotate` can tell it to reload its keys.
 PID_FILE = "nexusd.pid"
+#: Descriptors kept out of `max_connections`: the store, listeners, logs.
+SPARE_DESCRIPTORS = 256
 
 
-async def open_store(config: Config) -> Store:
-    """The store the configuration asks for: SQLite in the data directory,
-    encrypted at rest, or for durability "memory" nothing on disk at all.
+def raise_descriptor_limit() -> int:
+    """Raises the soft limit on open descriptors to the hard one; returns
+    the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the descriptor limit from %d to %d: %s", soft, target,
+                        exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
-    Raises:
-        StoreError, KeyRingError: the store or its keys cannot be opened.
-    """
-    if config.durability == "memory":
-        return MemoryStore(retention=config.retention)
-    # The store reads its clock in its writer thread, where trio's clock (and
-    # so `WallClock.now`) cannot be read: it gets the plain wall clock.
-    return await open_sqlite_store(config.data, durability=config.durability,
-                                   retention_events=config.retention, clock=time.time,
-                                   wal_limit=config.wal_limit)
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
-def read_or_create_admin_key(data: Path) -> str:
-    """The admin key in DATA/admin.key, created (mode 0600) if missing."""
-    path = data / "admin.key"
+def read_or_create_admin_key(data: Path, name: str = "admin.key") -> str:
+    """The key in DATA/`name` (the admin key by default), created (mode 0600)
+    if missing."""
+    path = data / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
+    key = new_admin_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
@@ -79,13 +99,18 @@ class Daemon:
     """A running nexusd. Start it with `nursery.start(daemon.run)`; the value
     reported is the daemon itself, with `socket_path` and `ws_port` bound."""
 
-    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+    def __init__(self, config: Config, *, store: Store | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        """`wall` is the wall clock that deadlines are judged by (tests give
+        one that follows trio's `MockClock`, or one that jumps)."""
         self.config = config
+        self.wall = wall
         self.limits = Limits(max_frame=config.max_frame, max_key=config.max_key,
                              max_depth=config.max_depth, max_patch=config.max_patch)
         self.server_name = f"nexusd/{__version__}"
         self.store: Store = store  # type: ignore[assignment]
         self.connections: dict[str, ConnectionHandler] = {}
+        self._connections_by_kind: Counter[str] = Counter()  # stats reads it; never sums
         self.flusher = Flusher()
         self.socket_path: Path | None = None
         self.ws_port: int | None = None
@@ -96,8 +121,18 @@ class Daemon:
         self._no_connections = trio.Event()
         self._started_at = 0.0
         self._started_wall = 0.0
+        self.bus = LocalBus(retention=config.retention,
+                            retention_bytes=config.retention_bytes)
+        self.create_key = config.create_key
+        self.peer_limits = PeerLimits(LimitSettings(
+            max_connections=config.max_connections,
+            max_connections_per_peer=config.max_connections_per_peer,
+            create_rate=config.create_rate, create_burst=config.create_burst))
+        self.analytics = ChannelAnalytics()
+        self.clock: WallClock  # made in `run`, from trio's clock
         self.registry: Registry
         self.reaper: Reaper
+        self.service: SessionService
 
     def stop(self) -> None:
         """Begins the orderly shutdown; `run` returns when it is done."""
@@ -107,38 +142,83 @@ class Daemon:
         return self.admin_key is not None and hmac.compare_digest(
             credential.encode(), self.admin_key.encode())
 
+    def check_create_key(self, credential: str) -> bool:
+        return self.create_key is not None and hmac.compare_digest(
+            credential.encode(), self.create_key.encode())
+
+    def requires_create_key(self) -> bool:
+        """Whether network clients need the create key to create sessions."""
+        setting = self.config.require_create_key
+        if setting != "auto":
+            return setting == "always"
+        return self.config.ws is not None and not _loopback(ws_address(self.config.ws)[0])
+
+    def _bound_connections(self) -> None:
+        """Raises the descriptor limit, and lowers `max_connections` to fit it."""
+        nofile = raise_descriptor_limit()
+        fits = max(nofile - SPARE_DESCRIPTORS, 1)
+        settings = self.peer_limits.settings
+        if settings.max_connections > fits:
+            log.warning("max_connections lowered from %d to %d: the process may open %d "
+                        "descriptors", settings.max_connections, fits, nofile)
+            self.peer_limits.settings = attrs.evolve(settings, max_connections=fits)
+
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         config = self.config
         if self.admin_key is None and config.ws is not None:
             self.admin_key = read_or_create_admin_key(config.data)
-        clock = WallClock()
+        if self.create_key is None and self.requires_create_key():
+            self.create_key = read_or_create_admin_key(config.data, "create.key")
+        self._bound_connections()
+        clock = self.clock = WallClock(self.wall)
         if self.store is None:
-            self.store = await open_store(config)
-        pid_file = config.data / PID_FILE if isinstance(self.store, SqliteStore) else None
+            # The store reads its clock in its writer thread, where trio's clock
+            # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
+            self.store = await open_store(config.durability, config.data,
+                                          retention=config.retention, clock=time.time,
+                                          wal_limit=config.wal_limit)
+        keys = self.store.keys
+        pid_file = config.data / PID_FILE if keys is not None else None
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         self._started_at = trio.current_time()
         self._started_wall = time.time()
         try:
             async with trio.open_nursery() as actors:
+                deadlines = Deadlines()
                 self.registry = Registry(
-                    self.store, clock, self.limits,
-                    SessionPolicy(config.default_ttl, config.max_ttl, config.default_idle),
-                    ActorConfig(mailbox_size=config.mailbox_size,
-                                hibernate_after=config.hibernate_after,
-                                retention=config.retention, max_keys=config.max_keys,
-                                max_ttl=config.max_ttl),
-                    actors, self.flusher)
-                self.reaper = self.registry.reaper = Reaper(self.registry, self.store, clock)
+                    store=self.store, clock=clock, bus=self.bus, batch=self.flusher,
+                    analytics=self.analytics,
+                    limits=CommandLimits(max_depth=config.max_depth,
+                                         max_patch=config.max_patch,
+                                         max_keys=config.max_keys, max_ttl=config.max_ttl,
+                                         max_context=config.max_context),
+                    max_frame=config.max_frame,
+                    policy=SessionPolicy(
+                        config.default_ttl, config.max_ttl, config.default_idle,
+                        max_idle=config.max_idle, max_metadata=config.max_metadata,
+                        max_sessions=config.max_sessions,
+                        max_active=config.max_active_sessions,
+                        max_memory=config.max_memory),
+                    actor_config=ActorConfig(mailbox_size=config.mailbox_size,
+                                             hibernate_after=config.hibernate_after),
+                    schedule=deadlines.schedule, nursery=actors,
+                    stored=await self.store.count())
+                self.reaper = Reaper(deadlines, self.registry, self.store, clock)
+                self.service = SessionService(registry=self.registry, store=self.store,
+                                              analytics=self.analytics, stats=self.stats,
+                                              busy_timeout=config.busy_timeout,
+                                              limits=self.peer_limits)
                 async with trio.open_nursery() as services:
                     self._services = services
                     await services.start(self.reaper.run)
                     await services.start(self.registry.hibernate_quiet)
-                    if isinstance(self.store, SqliteStore):
+                    await services.start(self.peer_limits.run)
+                    if keys is not None:
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.
-                        services.start_soon(self._rewrap_keys, self.store)
+                        services.start_soon(self._rewrap_keys, keys)
                     async with trio.open_nursery() as connections:
                         async with trio.open_nursery() as listeners:
                             await self._listen(listeners, connections)
@@ -169,58 +249,64 @@ class Daemon:
     async def reload_keys(self) -> None:
         """Reads the master key ring again (after `nexusd keys rotate`) and
         re-wraps every session's data key under the current master key."""
-        store = self.store
-        if not isinstance(store, SqliteStore):
+        keys = self.store.keys
+        if keys is None:
             log.info("no key ring to reload: durability is %s", self.config.durability)
             return
         try:
-            ring = await store.reload_keyring(self.config.data)
+            current = await keys.reload()
         except (KeyRingError, StoreError) as exc:
             log.error("key ring not reloaded: %s", exc)
             return
-        log.info("key ring reloaded; current master key %s", ring.current)
-        await self._rewrap_keys(store)
+        log.info("key ring reloaded; current master key %s", current)
+        await self._rewrap_keys(keys)
 
-    async def _rewrap_keys(self, store: SqliteStore) -> None:
-        moved = await store.rewrap_keys()
+    async def _rewrap_keys(self, keys: KeyManagement) -> None:
+        moved = await keys.rewrap()
         if moved:
-            log.info("re-wrapped %d session keys under master key %s", moved,
-                     store.keyring.current)
+            log.info("re-wrapped %d session keys under master key %s", moved, keys.current)
 
     async def _listen(self, listeners: trio.Nursery, connections: trio.Nursery) -> None:
         """Starts each listener in `listeners`; connections run in `connections`."""
         config = self.config
 
+        settings = ConnectionSettings(
+            server_name=self.server_name, limits=self.limits,
+            check_admin_key=self.check_admin_key, queue_size=config.queue_size,
+            max_in_flight=config.max_in_flight, handshake_timeout=config.handshake_timeout,
+            write_timeout=config.write_timeout, peer_limits=self.peer_limits,
+            check_create_key=self.check_create_key,
+            require_create_key=self.requires_create_key(), queue_bytes=config.queue_bytes,
+            read_timeout=config.read_timeout, idle_timeout=config.idle_connection_timeout)
+
         async def handle(transport: Transport) -> None:
-            handler = ConnectionHandler(self, transport)
+            handler = ConnectionHandler(self.service, settings, self.flusher, transport)
             self.connections[handler.connection_id] = handler
+            self._connections_by_kind[transport.kind] += 1
             try:
                 await handler.run()
             except Exception:
                 # A bug in one connection must not take the others down.
                 log.exception("%s: connection failed", handler.connection_id)
             finally:
+                self._connections_by_kind[transport.kind] -= 1
                 self.connections.pop(handler.connection_id, None)
                 if not self.connections:
                     self._no_connections.set()
 
-        async def handle_stream(stream: trio.SocketStream) -> None:
-            await handle(StreamTransport(stream))
-
-        async def serve_unix(listener: trio.SocketListener,
-                             task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-            await trio.serve_listeners(handle_stream, [listener],
-                                       handler_nursery=connections, task_status=task_status)
-
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, max_frame=config.max_frame, ssl_context=tls,
-                           handler_nursery=connections, task_status=task_status)
+            await serve_ws(handle, host, port, max_frame=config.max_frame,
+                           handshake_timeout=config.handshake_timeout, ssl_context=tls,
+                           handler_nursery=connections, limits=self.peer_limits,
+                           task_status=task_status)
 
         if config.socket is not None:
             listener = await open_unix_listener(config.socket)
             self.socket_path = config.socket
-            await listeners.start(serve_unix, listener)
+            await listeners.start(partial(serve_unix, handle, listener,
+                                          handler_nursery=connections,
+                                          limits=self.peer_limits))
             log.info("listening on unix:%s", config.socket)
         if config.ws is not None:
             host, port = ws_address(config.ws)
@@ -243,11 +329,13 @@ class Daemon:
             handler.abort()
 
     async def stats(self) -> dict[str, Any]:
+        """The daemon's figures; costs the same whatever the number of sessions
+        and connections (counters kept as they change, and one store read)."""
         r = self.registry.statistics()
         store_statistics = getattr(self.store, "statistics", None)  # a disk store's figures
-        kinds: dict[str, int] = {}
-        for h in self.connections.values():
-            kinds[h.transport.kind] = kinds.get(h.transport.kind, 0) + 1
+        lim = self.peer_limits.statistics()
+        bus = self.bus.statistics()
+        kinds = {kind: n for kind, n in self._connections_by_kind.items() if n}
         return {
             "server": self.server_name,
             "pid": os.getpid(),
@@ -262,14 +350,23 @@ class Daemon:
             "sessions_ended": r.ended,
             "connections": len(self.connections),
             "connections_by_transport": kinds,
-            "subscribers": sum(a.subscriber_count for a in self.registry.actors()),
+            "subscribers": bus.subscribers,
+            "lagged": bus.lagged,
+            "limits": {
+                "memory_bytes": r.memory,
+                "history_bytes": bus.history_bytes,
+                "sessions_made_room": r.made_room,
+                "sessions_refused": r.refused,
+                "creates_refused": lim.creates_refused,
+                "connections_refused": lim.connections_refused,
+                "peers_connected": lim.peers_connected,
+                "protocol_errors": lim.protocol_errors,
+                "protocol_errors_not_logged": lim.protocol_errors_not_logged,
+            },
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port},
             "store": attrs.asdict(store_statistics()) if store_statistics else None,
         }
-
-    def analytics(self) -> dict[str, Any]:
-        return self.registry.analytics()
 
 
 def _bracket(host: str) -> str:

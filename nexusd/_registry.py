@@ -8,27 +8,38 @@ use. The first request for a dormant session activates it from the store
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import weakref
-from collections import Counter, OrderedDict
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Final, Literal
 
 import attrs
+import msgpack
 import trio
-from nexus_protocol import Create, Created, ErrorCode, Limits
+from nexus_protocol import Create, Created, ErrorCode
 
-from ._actor import ActorConfig, Caller, Envelope, Quiet, SessionActor, meta_of, replay_events
 from ._auth import hash_token, new_session_id, new_token
+from ._bus import Bus
 from ._clock import WallClock
 from ._errors import RequestError
-from ._outbox import Flusher
-from ._state import SessionState, count_label
-from ._store import LoadedSession, SessionMeta, Store
-
-if TYPE_CHECKING:
-    from ._reaper import Reaper
+from ._principal import Principal
+from .session._actor import (
+    ActorConfig,
+    ActorDeps,
+    BatchScope,
+    SessionActor,
+    meta_of,
+    replay_events,
+)
+from .session._analytics import ChannelAnalytics
+from .session._commands import CommandLimits
+from .session._mailbox import MailItem, Quiet
+from .session._state import SessionState
+from .store import IDLE_LAG, LoadedSession, SessionMeta, Store
 
 __all__ = ["Registry", "RegistryStatistics", "SessionPolicy"]
 
@@ -36,15 +47,37 @@ log = logging.getLogger("nexusd.registry")
 
 #: Ended sessions remembered so that late requests hear `expired`, not `not_found`.
 TOMBSTONES: Final = 100_000
+#: Actors the hibernator tells to hibernate in one turn of the event loop, and
+#: heap entries it checks: each told actor saves its snapshot in the next turn,
+#: so that many sessions falling quiet together never stall the loop at once.
+QUIET_PER_TURN: Final = 64
+CHECKS_PER_TURN: Final = 1024
+#: Hibernator heap entries an activation looks through for a session to
+#: hibernate when the daemon is at its active-session or memory bound.
+EVICT_CHECKS: Final = 256
+#: How long a session told to make room counts as leaving.
+LEAVING_FOR: Final = 1.0
+#: Snapshots of hibernating actors that may wait for the store at once: the
+#: hibernator tells no more actors meanwhile, so that a write queued during a
+#: storm waits for about two commits, not for every session still to go.
+SAVING_MAX: Final = 512
 
 
 @attrs.frozen
 class SessionPolicy:
-    """Defaults and bounds for new sessions, in seconds."""
+    """Defaults and bounds for sessions: lifetimes in seconds (a longer one
+    asked for is clamped), `max_metadata` in encoded bytes, `max_sessions`
+    stored, `max_active` in memory, `max_memory` bytes of snapshots and
+    replay history held for active sessions."""
 
     default_ttl: float = 86400.0
     max_ttl: float = 30 * 86400.0
     default_idle: float | None = 3600.0
+    max_idle: float = 7 * 86400.0
+    max_metadata: int = 16 * 1024
+    max_sessions: int = 1_000_000
+    max_active: int = 50_000
+    max_memory: int = 1 << 30
 
 
 @attrs.frozen
@@ -54,19 +87,37 @@ class RegistryStatistics:
     activations: int
     hibernations: int
     ended: int
+    stored: int
+    memory: int  # bytes of snapshots and replay history of active sessions
+    made_room: int  # sessions hibernated early to make room for others
+    refused: int  # creates and activations refused: at a bound
 
 
 class Registry:
-    def __init__(self, store: Store, clock: WallClock, limits: Limits, policy: SessionPolicy,
-                 actor_config: ActorConfig, nursery: trio.Nursery,
-                 flusher: Flusher | None = None) -> None:
-        self.store = store
-        self.flusher = flusher or Flusher()
-        self.clock = clock
-        self.limits = limits
-        self.policy = policy
-        self.actor_config = actor_config
-        self.reaper: Reaper  # set by the daemon before any request
+    """The active sessions' actors, made with what they use.
+
+    `schedule(session_id, deadline)` tells the reaper when to look at a
+    session; `batch` is held by each actor while it serves a batch.
+    """
+
+    def __init__(self, *, store: Store, clock: WallClock, bus: Bus, batch: BatchScope,
+                 analytics: ChannelAnalytics, limits: CommandLimits, max_frame: int,
+                 policy: SessionPolicy, actor_config: ActorConfig,
+                 schedule: Callable[[str, float], None], nursery: trio.Nursery,
+                 stored: int = 0) -> None:
+        """`stored` is how many sessions the store holds at the start."""
+        self._store = store
+        self._clock = clock
+        self._policy = policy
+        self._actor_config = actor_config
+        self._analytics = analytics
+        self._schedule = schedule
+        self._deps = ActorDeps(store=store, clock=clock, bus=bus, batch=batch,
+                               analytics=analytics, limits=limits, max_frame=max_frame,
+                               schedule=schedule, forget=self._forget,
+                               tombstone=self._tombstone, saving=self.saving,
+                               resized=self._resized)
+        self._bus = bus
         self._nursery = nursery
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, trio.Event] = {}
@@ -75,45 +126,60 @@ class Registry:
         self._quiet: list[tuple[float, int, weakref.ref[SessionActor]]] = []
         self._quiet_order = itertools.count()
         self._quiet_lot = trio.lowlevel.ParkingLot()
+        self._saving = 0  # actors writing their last snapshot (see `saving`)
+        self._saved_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
-        # Daemon-wide analytics since start: channel label -> count.
-        self.created_on: Counter[str] = Counter()
-        self.changes_on: Counter[str] = Counter()
-        self.switches_to: Counter[str] = Counter()
+        self._initially_stored = stored
+        self._snapshot_bytes = 0  # of the active sessions' latest snapshots
+        # Sessions told to hibernate to make room: session id -> (bytes, when).
+        self._leaving: dict[str, tuple[int, float]] = {}
+        self._made_room = self._refused = 0
 
     # ------------------------------------------------------------- lookups
 
     def active(self, session_id: str) -> SessionActor | None:
         return self._actors.get(session_id)
 
-    def actors(self) -> list[SessionActor]:
-        return list(self._actors.values())
+    @property
+    def stored(self) -> int:
+        """Sessions in the store (kept as they come and go, never counted)."""
+        return self._initially_stored + self._created - self._ended
+
+    @property
+    def memory(self) -> int:
+        """Bytes of snapshots and replay history held for active sessions."""
+        return self._snapshot_bytes + self._bus.statistics().history_bytes
 
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
-                                  self._hibernations, self._ended)
+                                  self._hibernations, self._ended, self.stored, self.memory,
+                                  self._made_room, self._refused)
 
-    def analytics(self) -> dict[str, Any]:
-        """Channel usage across sessions since the daemon started."""
-        switches = sum(self.switches_to.values())
-        return {
-            "sessions_created_by_channel": dict(self.created_on),
-            "changes_by_channel": dict(self.changes_on),
-            "channel_switches": switches,
-            "channel_distribution": {
-                c: {"count": n, "percentage": 100.0 * n / switches}
-                for c, n in self.switches_to.items()},
-            "most_popular_channel": (self.switches_to.most_common(1)[0][0]
-                                     if switches else None),
-        }
-
-    def forget(self, actor: SessionActor) -> None:
+    def _forget(self, actor: SessionActor) -> None:
         """Called by an actor as it ends; later requests activate it anew."""
         if self._actors.get(actor.session_id) is actor:
             del self._actors[actor.session_id]
             self._hibernations += 1
+            self._snapshot_bytes -= actor.snapshot_bytes
+            self._leaving.pop(actor.session_id, None)
 
-    def tombstone(self, session_id: str, reason: str) -> None:
+    def _resized(self, delta: int) -> None:
+        """An active session's snapshot grew (or shrank) by `delta` bytes."""
+        self._snapshot_bytes += delta
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Held by an actor while it writes its last snapshot (hibernating
+        or stopping): the hibernator waits while `SAVING_MAX` do."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if self._saving < SAVING_MAX and self._saved_lot:
+                self._saved_lot.unpark_all()
+
+    def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
@@ -129,41 +195,111 @@ class Registry:
 
     # ------------------------------------------------------------ creation
 
-    def _duration(self, name: str, value: float | None, default: float | None,
-                  maximum: float) -> float | None:
-        if value is None:
-            return default
-        if not 0 < value <= maximum:
-            raise RequestError(ErrorCode.BAD_REQUEST,
-                               f"{name} must be in (0, {maximum:g}] seconds, not {value:g}")
-        return value
+    async def create(self, principal: Principal, req: Create) -> Created:
+        """Creates a session on `principal`'s channel (unless the request
+        names one); `principal` holds its admin scope. A ttl or idle timeout
+        above its bound is clamped to it, and the reply says so.
 
-    async def create(self, caller: Caller, req: Create) -> Created:
-        p = self.policy
-        ttl = self._duration("ttl", req.ttl, p.default_ttl, p.max_ttl)
+        Raises:
+            RequestError: `bad_request` for a ttl or idle timeout not above 0,
+                or metadata over its bound; `busy` at the bound on stored or
+                active sessions (or their memory).
+        """
+        p = self._policy
+        ttl, clamped = _clamp("ttl", req.ttl, p.default_ttl, p.max_ttl)
         assert ttl is not None
-        idle = self._duration("idle_timeout", req.idle_timeout, p.default_idle, p.max_ttl)
-        channel = req.channel or caller.channel
-        now = self.clock.now()
+        idle, idle_clamped = _clamp("idle_timeout", req.idle_timeout, p.default_idle,
+                                    p.max_idle)
+        if req.metadata or req.user_id:
+            size = len(msgpack.packb([req.metadata, req.user_id], use_bin_type=True))
+            if size > p.max_metadata:
+                raise RequestError(ErrorCode.BAD_REQUEST,
+                                   f"metadata and user_id take {size} bytes; the most a "
+                                   f"session may hold is {p.max_metadata}")
+        if self.stored >= p.max_sessions:
+            self._refused += 1
+            raise RequestError(ErrorCode.BUSY,
+                               f"the daemon holds the most sessions it may ({p.max_sessions})",
+                               retry_after=60.0)
+        self._make_room()
+        channel = req.channel or principal.channel
+        now = self._clock.now()
         sid, token = new_session_id(), new_token()
         state = SessionState(sid, now, channel, ttl, now + ttl, idle, user_id=req.user_id,
                              metadata=req.metadata or {})
         state.touch(channel, now, read=False)
         tokens = {hash_token(token): "admin"}
-        actor = SessionActor(self, state, tokens, [], self.actor_config)
-        await self.store.create(actor.meta(), state.to_snapshot())
+        snapshot = state.to_snapshot()
+        actor = SessionActor(state, tokens, [], self._actor_config, self._deps,
+                             stored_lag=IDLE_LAG, snapshot_bytes=len(snapshot))
+        await self._store.create(actor.meta(), snapshot)
         await self._start(actor)
         self._created += 1
-        count_label(self.created_on, channel)
-        caller.remember(sid, "admin")
+        self._analytics.session_created(channel)
+        principal.remember(sid, "admin")
         return Created(id=req.id, session_id=sid, token=token, seq=0, expires_at=state.expires_at,
-                       idle_timeout=idle)
+                       idle_timeout=idle, clamped=clamped or idle_clamped)
+
+    # --------------------------------------------------------------- bounds
+
+    def _make_room(self) -> None:
+        """Makes room for one more active session: at the bound on active
+        sessions or on their memory, tells the least recently used unwatched
+        sessions to hibernate now.
+
+        Raises:
+            RequestError: `busy`, at a bound with no session that can leave.
+        """
+        p = self._policy
+        now = trio.current_time()
+        leaving = self._leaving
+        if leaving:
+            for sid in [sid for sid, (_, when) in leaving.items() if now - when > LEAVING_FOR]:
+                del leaving[sid]
+        count = len(self._actors) - len(leaving)
+        memory = self.memory - sum(size for size, _ in leaving.values())
+        checked = 0
+        while count >= p.max_active or memory >= p.max_memory:
+            actor = self._least_recently_used(now) if checked < EVICT_CHECKS else None
+            checked += 1
+            if actor is None:
+                self._refused += 1
+                what = "sessions" if count >= p.max_active else "session memory"
+                raise RequestError(ErrorCode.BUSY,
+                                   f"the daemon holds the most active {what} it may, all "
+                                   "of them in use", retry_after=1.0)
+            if actor is False or actor is True:
+                continue
+            size = actor.weight
+            leaving[actor.session_id] = (size, now)
+            self._made_room += 1
+            count -= 1
+            memory -= size
+
+    def _least_recently_used(self, now: float) -> SessionActor | bool | None:
+        """Takes the hibernator's next entry: its actor, told to hibernate now,
+        if it could; False if it could not (try the next); None if there are
+        no entries."""
+        if not self._quiet:
+            return None
+        _, _, ref = heapq.heappop(self._quiet)
+        actor = ref()
+        if actor is None or actor.ended or actor.session_id in self._leaving:
+            return False
+        # Due again later whatever happens: an actor that stays (watched, or
+        # with traffic before the Quiet) must still be checked for quiet.
+        self._watch_quiet(actor, max(now, actor.last_traffic)
+                          + self._actor_config.hibernate_after)
+        if actor.may_hibernate() and not actor.watched and actor.send_nowait(Quiet(make_room=True)):
+            return actor
+        return False
 
     async def _start(self, actor: SessionActor) -> None:
         await self._nursery.start(actor.run)
         self._actors[actor.session_id] = actor
-        self.reaper.schedule(actor.session_id, actor.deadline)
-        self._watch_quiet(actor, trio.current_time() + self.actor_config.hibernate_after)
+        self._snapshot_bytes += actor.snapshot_bytes
+        self._schedule(actor.session_id, actor.deadline)
+        self._watch_quiet(actor, trio.current_time() + self._actor_config.hibernate_after)
 
     def _watch_quiet(self, actor: SessionActor, due: float) -> None:
         # A weak reference: an actor that ended is not kept alive by its entry.
@@ -178,10 +314,20 @@ class Registry:
 
         One heap entry per actor, checked when due: an actor that had
         traffic meanwhile is due again `hibernate_after` after it, so that
-        traffic itself costs nothing here.
+        traffic itself costs nothing here. At most `QUIET_PER_TURN` actors
+        are told (and `CHECKS_PER_TURN` entries checked) per turn of the
+        event loop: thousands of sessions falling quiet together hibernate
+        over many short turns, between which everything else runs. While
+        `SAVING_MAX` snapshots wait for the store, it tells no more.
         """
         task_status.started()
+        told = checked = 0
         while True:
+            if told >= QUIET_PER_TURN or checked >= CHECKS_PER_TURN:
+                told = checked = 0
+                await trio.lowlevel.checkpoint()
+                while self._saving >= SAVING_MAX:
+                    await self._saved_lot.park()
             if not self._quiet:
                 await self._quiet_lot.park()
                 continue
@@ -189,23 +335,28 @@ class Registry:
             now = trio.current_time()
             if due > now:
                 # New entries are never due before this one: `after` from now.
+                told = checked = 0
                 await trio.sleep_until(due)
                 continue
             heapq.heappop(self._quiet)
-            self._check_quiet(ref, now)
+            checked += 1
+            told += self._check_quiet(ref, now)
 
-    def _check_quiet(self, ref: weakref.ref[SessionActor], now: float) -> None:
+    def _check_quiet(self, ref: weakref.ref[SessionActor], now: float) -> bool:
+        """Checks one heap entry; True if it told its actor to hibernate."""
         # Not inline in `hibernate_quiet`: its frame, asleep, would keep the
         # last actor it looked at alive.
         actor = ref()
         if actor is None or actor.ended:
-            return
-        after = self.actor_config.hibernate_after
+            return False
+        after = self._actor_config.hibernate_after
         if actor.last_traffic + after > now:
             self._watch_quiet(actor, actor.last_traffic + after)
-        elif not actor.may_hibernate() or actor.send_nowait(Envelope(Quiet())) \
-                or not actor.ended:
+            return False
+        told = actor.may_hibernate() and actor.send_nowait(Quiet())
+        if not actor.ended:  # it may have traffic before it handles the Quiet
             self._watch_quiet(actor, now + after)
+        return told
 
     # ---------------------------------------------------------- activation
 
@@ -234,23 +385,25 @@ class Registry:
         if session_id in self._tombstones:
             # Ended: its store rows may still be on their way out.
             raise self._gone(session_id)
-        loaded = await self.store.load(session_id)
+        loaded = await self._store.load(session_id)
         if loaded is None:
             raise self._gone(session_id)
         state = _restore(loaded)
-        reason = state.expiry_reason(self.clock.now())
+        reason = state.expiry_reason(self._clock.now())
         if reason is not None:
-            await self.store.delete(session_id)
-            self.tombstone(session_id, reason)
+            await self._store.delete(session_id)
+            self._tombstone(session_id, reason)
             raise self._gone(session_id)
         history = [(e.seq, e.payload) for e in (*loaded.history, *loaded.events)]
-        actor = SessionActor(self, state, dict(loaded.meta.tokens), history, self.actor_config)
+        self._make_room()
+        actor = SessionActor(state, dict(loaded.meta.tokens), history, self._actor_config,
+                             self._deps, snapshot_bytes=len(loaded.snapshot or b""))
         await self._start(actor)
         self._activations += 1
         return actor
 
-    async def submit(self, session_id: str, envelope: Envelope, patience: float) -> None:
-        """Queues a request for the session's actor, activating it if needed.
+    async def submit(self, session_id: str, item: MailItem, patience: float) -> None:
+        """Queues `item` for the session's actor, activating it if needed.
 
         Raises:
             RequestError: `not_found`, `expired`, or `busy`.
@@ -258,7 +411,7 @@ class Registry:
         for _ in range(8):
             actor = await self.actor_for(session_id)
             try:
-                await actor.send(envelope, patience)
+                await actor.send(item, patience)
                 return
             except trio.ClosedResourceError:
                 continue  # it ended between lookup and send; activate anew
@@ -278,18 +431,18 @@ class Registry:
             return "active"
         done = self._activating[sid] = trio.Event()
         try:
-            loaded = await self.store.load(sid)
+            loaded = await self._store.load(sid)
             if loaded is None:
                 return "kept"
             state = _restore(loaded)
-            reason = state.expiry_reason(self.clock.now())
+            reason = state.expiry_reason(self._clock.now())
             if reason is None:
                 # Its journal shows later activity than the stored deadline
                 # (the store refreshes that lazily): store the right one.
-                await self.store.append(meta_of(state, loaded.meta.tokens), [])
+                await self._store.append(meta_of(state, loaded.meta.tokens), [])
                 return "kept"
-            await self.store.delete(sid)
-            self.tombstone(sid, reason)
+            await self._store.delete(sid)
+            self._tombstone(sid, reason)
             log.info("session %s expired while dormant (%s)", sid, reason)
             return "expired"
         finally:
@@ -303,11 +456,31 @@ class Registry:
             actor.close()
 
 
+def _clamp(name: str, value: float | None, default: float | None, maximum: float
+           ) -> tuple[float | None, bool]:
+    """`value` (or `default` if None) within (0, maximum]: the value, and
+    whether it was clamped to `maximum`.
+
+    Raises:
+        RequestError: `bad_request` for a value not above 0.
+    """
+    if value is None:
+        return default, False
+    if not value > 0:
+        raise RequestError(ErrorCode.BAD_REQUEST, f"{name} must be above 0, not {value:g}")
+    if value > maximum:
+        return maximum, True
+    return value, False
+
+
 def _restore(loaded: LoadedSession) -> SessionState:
     """The state of a stored session: its snapshot and the events after it.
 
     Deadlines come from the state, not the stored metadata: the journal
     knows of every write, and the metadata of reads (and may lag writes).
+    Metadata stored while the session was active may lag its reads by up to
+    `idle_lag` (the daemon stopped without hibernating it: a crash), so the
+    session is granted that much more: it may have been read that late.
     """
     if loaded.snapshot is None:
         raise RuntimeError(f"session {loaded.meta.session_id} has no snapshot")
@@ -316,5 +489,5 @@ def _restore(loaded: LoadedSession) -> SessionState:
     meta = loaded.meta
     if meta.idle_expires_at is not None and meta.idle_timeout is not None:
         state.last_activity = max(state.last_activity,
-                                  meta.idle_expires_at - meta.idle_timeout)
+                                  meta.idle_expires_at - meta.idle_timeout) + meta.idle_lag
     return state

@@ -15,10 +15,10 @@ from ._connection import PROTOCOL_VERSIONS as PROTOCOL_VERSIONS
 from ._connection import TRANSITIONS as TRANSITIONS
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
+from ._connection import ConnectionState as ConnectionState
 from ._connection import Framing as Framing
 from ._connection import NeedData as NeedData
 from ._connection import Side as Side
-from ._connection import State as State
 from ._defaults import DEFAULT_WS_HOST as DEFAULT_WS_HOST
 from ._defaults import DEFAULT_WS_PORT as DEFAULT_WS_PORT
 from ._defaults import default_socket_path as default_socket_path
@@ -60,10 +60,13 @@ from ._messages import Progress as Progress
 from ._messages import Renew as Renew
 from ._messages import Renewed as Renewed
 from ._messages import Report as Report
+from ._messages import Request as Request
 from ._messages import Result as Result
 from ._messages import Role as Role
 from ._messages import Run as Run
 from ._messages import RunStarted as RunStarted
+from ._messages import SessionEvent as SessionEvent
+from ._messages import SessionRequest as SessionRequest
 from ._messages import Sessions as Sessions
 from ._messages import Set as Set
 from ._messages import Shutdown as Shutdown

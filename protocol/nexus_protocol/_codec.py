@@ -7,6 +7,7 @@ transports (WebSocket) one binary message is one body.
 
 from __future__ import annotations
 
+import inspect
 import math
 import struct
 import types
@@ -264,15 +265,20 @@ _FAST: Final = {
 _NESTED: Final = frozenset({Kind.VALUE, Kind.MAP, Kind.LIST})
 
 
+def _slot(cls: type[Message], name: str) -> Any:
+    """The descriptor of field `name`, from `cls` or the base declaring it."""
+    return inspect.getattr_static(cls, name, None)
+
+
 def _plain_slots(cls: type[Message]) -> bool:
     """True if attrs' __init__ of `cls` only stores its arguments."""
     return (
-        "__slots__" in cls.__dict__
+        all("__slots__" in vars(c) for c in cls.__mro__[:-1])
         and not hasattr(cls, "__attrs_post_init__")
         and not hasattr(cls, "__attrs_pre_init__")
         and all(f.validator is None and f.converter is None
                 for f in attrs.fields(cls))  # type: ignore[arg-type]
-        and all(isinstance(cls.__dict__.get(s.name), types.MemberDescriptorType)
+        and all(isinstance(_slot(cls, s.name), types.MemberDescriptorType)
                 for s in _SPECS[cls])
     )
 
@@ -331,7 +337,7 @@ def _make_decoder(cls: type[Message]) -> Callable[[dict[Any, Any], Limits, bool]
         # that costs as much as the checks above.
         lines.append("    m = _new(cls)")
         for i, s in enumerate(specs):
-            ns[f"S{i}"] = cls.__dict__[s.name].__set__
+            ns[f"S{i}"] = _slot(cls, s.name).__set__
             lines.append(f"    S{i}(m, v{i})")
         lines.append("    return m")
         ns["_new"] = object.__new__

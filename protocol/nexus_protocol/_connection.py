@@ -15,7 +15,7 @@ import attrs
 from ._codec import FRAME_HEADER, decode_body, encode_body, validate
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._limits import DEFAULT_LIMITS, Limits
-from ._messages import Error, Hello, Message, Role, Welcome
+from ._messages import Error, Hello, Message, Request, Role, Welcome
 
 __all__ = [
     "NEED_DATA",
@@ -23,10 +23,10 @@ __all__ = [
     "TRANSITIONS",
     "Connection",
     "ConnectionClosed",
+    "ConnectionState",
     "Framing",
     "NeedData",
     "Side",
-    "State",
 ]
 
 #: The protocol versions this implementation speaks, newest last.
@@ -46,7 +46,9 @@ class Framing(enum.Enum):
     MESSAGE = "message"
 
 
-class State(enum.Enum):
+class ConnectionState(enum.Enum):
+    """Where one side of a connection is in its life (SPEC section 5.2)."""
+
     IDLE = "idle"  # nothing said yet
     HANDSHAKE = "handshake"  # hello on the wire, welcome not yet
     OPEN = "open"  # requests, replies and events flow
@@ -72,49 +74,49 @@ _SEND, _RECV = "send", "recv"
 # {(side, state): {(direction, role): next_state}}; a missing entry is a
 # protocol error. An `error` reply with no id during the handshake counts as
 # Role.SHUTDOWN: it refuses the connection.
-TRANSITIONS: Final[dict[tuple[Side, State], dict[tuple[str, Role], State]]] = {
-    (Side.CLIENT, State.IDLE): {
-        (_SEND, Role.HELLO): State.HANDSHAKE,
+TRANSITIONS: Final[dict[tuple[Side, ConnectionState], dict[tuple[str, Role], ConnectionState]]] = {
+    (Side.CLIENT, ConnectionState.IDLE): {
+        (_SEND, Role.HELLO): ConnectionState.HANDSHAKE,
     },
-    (Side.CLIENT, State.HANDSHAKE): {
-        (_RECV, Role.WELCOME): State.OPEN,
-        (_RECV, Role.SHUTDOWN): State.CLOSED,
+    (Side.CLIENT, ConnectionState.HANDSHAKE): {
+        (_RECV, Role.WELCOME): ConnectionState.OPEN,
+        (_RECV, Role.SHUTDOWN): ConnectionState.CLOSED,
     },
-    (Side.CLIENT, State.OPEN): {
-        (_SEND, Role.REQUEST): State.OPEN,
-        (_RECV, Role.REPLY): State.OPEN,
-        (_RECV, Role.EVENT): State.OPEN,
-        (_RECV, Role.SHUTDOWN): State.DRAINING,
+    (Side.CLIENT, ConnectionState.OPEN): {
+        (_SEND, Role.REQUEST): ConnectionState.OPEN,
+        (_RECV, Role.REPLY): ConnectionState.OPEN,
+        (_RECV, Role.EVENT): ConnectionState.OPEN,
+        (_RECV, Role.SHUTDOWN): ConnectionState.DRAINING,
     },
-    (Side.CLIENT, State.DRAINING): {
-        (_RECV, Role.REPLY): State.DRAINING,
-        (_RECV, Role.EVENT): State.DRAINING,
-        (_RECV, Role.SHUTDOWN): State.DRAINING,
+    (Side.CLIENT, ConnectionState.DRAINING): {
+        (_RECV, Role.REPLY): ConnectionState.DRAINING,
+        (_RECV, Role.EVENT): ConnectionState.DRAINING,
+        (_RECV, Role.SHUTDOWN): ConnectionState.DRAINING,
     },
-    (Side.SERVER, State.IDLE): {
-        (_RECV, Role.HELLO): State.HANDSHAKE,
+    (Side.SERVER, ConnectionState.IDLE): {
+        (_RECV, Role.HELLO): ConnectionState.HANDSHAKE,
     },
-    (Side.SERVER, State.HANDSHAKE): {
-        (_SEND, Role.WELCOME): State.OPEN,
-        (_SEND, Role.SHUTDOWN): State.CLOSED,
+    (Side.SERVER, ConnectionState.HANDSHAKE): {
+        (_SEND, Role.WELCOME): ConnectionState.OPEN,
+        (_SEND, Role.SHUTDOWN): ConnectionState.CLOSED,
     },
-    (Side.SERVER, State.OPEN): {
-        (_RECV, Role.REQUEST): State.OPEN,
-        (_SEND, Role.REPLY): State.OPEN,
-        (_SEND, Role.EVENT): State.OPEN,
-        (_SEND, Role.SHUTDOWN): State.DRAINING,
+    (Side.SERVER, ConnectionState.OPEN): {
+        (_RECV, Role.REQUEST): ConnectionState.OPEN,
+        (_SEND, Role.REPLY): ConnectionState.OPEN,
+        (_SEND, Role.EVENT): ConnectionState.OPEN,
+        (_SEND, Role.SHUTDOWN): ConnectionState.DRAINING,
     },
-    (Side.SERVER, State.DRAINING): {
+    (Side.SERVER, ConnectionState.DRAINING): {
         # Requests that crossed the shutdown on the wire are answered with
         # `unavailable`; nothing new is started.
-        (_RECV, Role.REQUEST): State.DRAINING,
-        (_SEND, Role.REPLY): State.DRAINING,
-        (_SEND, Role.EVENT): State.DRAINING,
-        (_SEND, Role.SHUTDOWN): State.DRAINING,
+        (_RECV, Role.REQUEST): ConnectionState.DRAINING,
+        (_SEND, Role.REPLY): ConnectionState.DRAINING,
+        (_SEND, Role.EVENT): ConnectionState.DRAINING,
+        (_SEND, Role.SHUTDOWN): ConnectionState.DRAINING,
     },
     # After a fatal error the server may still say why, once, before closing.
-    (Side.SERVER, State.CLOSED): {
-        (_SEND, Role.SHUTDOWN): State.CLOSED,
+    (Side.SERVER, ConnectionState.CLOSED): {
+        (_SEND, Role.SHUTDOWN): ConnectionState.CLOSED,
     },
 }
 
@@ -143,7 +145,7 @@ class Connection:
         self.limits = limits
         self.versions = versions
         self.version: int | None = None
-        self.state = State.IDLE
+        self.state = ConnectionState.IDLE
         self._buffer = bytearray()
         self._bodies: list[bytes] = []
         self._eof = False
@@ -186,7 +188,7 @@ class Connection:
         if not data:
             self._eof = True
             return
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             # Nothing more will be read: keeping it would let a peer that
             # goes on sending after a fatal error fill our memory.
             return
@@ -227,7 +229,7 @@ class Connection:
                 is false the stream is still in sync: answer with the error's
                 code (to `request_id` if set) and carry on.
         """
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             return ConnectionClosed() if self._eof else NEED_DATA
         body = self._next_body()
         if body is None:
@@ -235,13 +237,13 @@ class Connection:
                 if self._buffer:
                     raise self._fail(RemoteProtocolError(
                         "connection closed inside a frame", ErrorCode.BAD_REQUEST, fatal=True))
-                self.state = State.CLOSED
+                self.state = ConnectionState.CLOSED
                 return ConnectionClosed()
             return NEED_DATA
         try:
             message = decode_body(body, self.limits)
         except RemoteProtocolError as exc:
-            if self.state in (State.IDLE, State.HANDSHAKE) or exc.fatal:
+            if self.state in (ConnectionState.IDLE, ConnectionState.HANDSHAKE) or exc.fatal:
                 exc.fatal = True
                 raise self._fail(exc) from None
             rid = exc.request_id
@@ -317,8 +319,8 @@ class Connection:
                     f"in state {self.state.value}")
             if direction == _SEND:
                 raise LocalProtocolError(text)
-            rid = getattr(message, "id", None) if role is Role.REQUEST else None
-            fatal = self.state in (State.IDLE, State.HANDSHAKE)
+            rid = message.id if isinstance(message, Request) else None
+            fatal = self.state in (ConnectionState.IDLE, ConnectionState.HANDSHAKE)
             err = RemoteProtocolError(text, ErrorCode.BAD_REQUEST, fatal=fatal, request_id=rid)
             raise self._fail(err) if fatal else err
         self._track(direction, role, message)
@@ -349,7 +351,8 @@ class Connection:
                     f"welcome must carry the negotiated version {self.version}")
             self.version = message.version
         elif role is Role.REQUEST:
-            rid: int = message.id  # type: ignore[attr-defined]
+            assert isinstance(message, Request)
+            rid = message.id
             if rid in self._in_flight:
                 if direction == _SEND:
                     raise LocalProtocolError(f"request id {rid} is already in flight")
@@ -367,7 +370,7 @@ class Connection:
     def _fail(self, exc: RemoteProtocolError) -> RemoteProtocolError:
         # A closed connection can answer no request, only the connection.
         exc.request_id = None
-        self.state = State.CLOSED
+        self.state = ConnectionState.CLOSED
         self._buffer.clear()
         self._bodies.clear()
         return exc

@@ -4,6 +4,10 @@ A message travels as a msgpack map: the key ``"t"`` holds the tag, the other
 keys are the fields below under the same names. Each field declares its wire
 kind (see `Kind`), which the codec checks on the way in. `protocol/SPEC.md` is
 the normative description of the same catalogue.
+
+Requests derive from `Request` (which holds `id`) or, when they are about one
+session, from `SessionRequest` (`id`, `session_id`); events derive from
+`SessionEvent` (`session_id`). Those fields come first in every message.
 """
 
 from __future__ import annotations
@@ -45,15 +49,17 @@ __all__ = [
     "Renew",
     "Renewed",
     "Report",
+    "Request",
     "Result",
     "Role",
     "Run",
     "RunStarted",
+    "SessionEvent",
+    "SessionRequest",
     "Sessions",
     "Set",
     "Shutdown",
     "Snapshot",
-    "State",
     "StateReply",
     "Stats",
     "Summary",
@@ -123,11 +129,45 @@ def _message(tag: str, role: Role) -> Callable[[_M], _M]:
         cls.ROLE = role
         if tag in MESSAGE_TYPES:
             raise RuntimeError(f"duplicate tag {tag!r}")
+        for base, base_role in _ROLE_BASES.items():
+            if issubclass(cls, base) != (role is base_role):
+                raise RuntimeError(f"{cls.__name__}: every {base_role.value}, and nothing "
+                                   f"else, derives from {base.__name__}")
         MESSAGE_TYPES[tag] = cls
         return cls
 
     return register
 
+
+# The bases hold the fields their messages share. attrs puts inherited fields
+# first and the codec writes fields in declaration order, so a base may only
+# hold fields that every message under it has first, in that order: `token`,
+# whose place varies (and which `detach` lacks), stays in each message.
+
+
+@attrs.frozen(kw_only=True)
+class Request(Message):
+    """Base of every client -> server request; `id` pairs it with its reply."""
+
+    id: int = _field(Kind.UINT)
+
+
+@attrs.frozen(kw_only=True)
+class SessionRequest(Request):
+    """Base of the requests about one session, the one `session_id` names."""
+
+    session_id: str = _field(Kind.STR)
+
+
+@attrs.frozen(kw_only=True)
+class SessionEvent(Message):
+    """Base of every server -> client event: each is about one session."""
+
+    session_id: str = _field(Kind.STR)
+
+
+_ROLE_BASES: Final[dict[type[Message], Role]] = {Request: Role.REQUEST,
+                                                 SessionEvent: Role.EVENT}
 
 
 # ---------------------------------------------------------------- handshake
@@ -170,16 +210,15 @@ class Shutdown(Message):
 
 @_message("ping", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Ping(Message):
-    id: int = _field(Kind.UINT)
+class Ping(Request):
+    """Liveness check; changes nothing."""
 
 
 @_message("create", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Create(Message):
+class Create(Request):
     """Creates a session. `channel` defaults to the connection's channel."""
 
-    id: int = _field(Kind.UINT)
     channel: str | None = _field(Kind.STR, None)
     user_id: str | None = _field(Kind.STR, None)
     ttl: float | None = _field(Kind.FLOAT, None)
@@ -189,11 +228,9 @@ class Create(Message):
 
 @_message("attach", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Attach(Message):
+class Attach(SessionRequest):
     """Subscribes to a session's changes, resuming after `since` if given."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     token: str | None = _field(Kind.STR, None)
     since: int | None = _field(Kind.UINT, None)
     scope: str = _field(Kind.STR, "read")
@@ -202,29 +239,24 @@ class Attach(Message):
 
 @_message("detach", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Detach(Message):
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
+class Detach(SessionRequest):
+    """Ends the connection's subscription to the session (`ok` also when there was none)."""
 
 
 @_message("get", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Get(Message):
+class Get(SessionRequest):
     """Reads one key (`key` set) or the whole state (`key` nil)."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     key: str | None = _field(Kind.KEY, None)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("set", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Set(Message):
+class Set(SessionRequest):
     """Writes one key; `expect` is the version the writer last saw (0: absent)."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     key: str = _field(Kind.KEY)
     value: Any = _field(Kind.VALUE)
     expect: int | None = _field(Kind.UINT, None)
@@ -233,9 +265,7 @@ class Set(Message):
 
 @_message("delete", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Delete(Message):
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
+class Delete(SessionRequest):
     key: str = _field(Kind.KEY)
     expect: int | None = _field(Kind.UINT, None)
     token: str | None = _field(Kind.STR, None)
@@ -243,11 +273,9 @@ class Delete(Message):
 
 @_message("patch", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Patch(Message):
+class Patch(SessionRequest):
     """Sets and deletes several keys in one change, all or nothing."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     set: dict[str, Any] = _field(Kind.ENTRIES, attrs.Factory(dict))
     delete: list[str] = _field(Kind.KEYS, attrs.Factory(list))
     expect: dict[str, int] | None = _field(Kind.VERSIONS, None)
@@ -256,11 +284,9 @@ class Patch(Message):
 
 @_message("update_context", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class UpdateContext(Message):
+class UpdateContext(SessionRequest):
     """Replaces the parts of the session context that are given."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     channel: str | None = _field(Kind.STR, None)
     preferences: dict[str, Any] | None = _field(Kind.MAP, None)
     history: list[Any] | None = _field(Kind.LIST, None)
@@ -270,11 +296,9 @@ class UpdateContext(Message):
 
 @_message("switch_begin", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class SwitchBegin(Message):
+class SwitchBegin(SessionRequest):
     """Starts a channel transition; the reply carries its `transition_id`."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     to_channel: str = _field(Kind.STR)
     from_channel: str | None = _field(Kind.STR, None)
     reason: str | None = _field(Kind.STR, None)
@@ -284,9 +308,7 @@ class SwitchBegin(Message):
 
 @_message("switch_complete", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class SwitchComplete(Message):
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
+class SwitchComplete(SessionRequest):
     transition_id: str = _field(Kind.STR)
     success: bool = _field(Kind.BOOL, True)
     token: str | None = _field(Kind.STR, None)
@@ -294,91 +316,74 @@ class SwitchComplete(Message):
 
 @_message("renew", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Renew(Message):
+class Renew(SessionRequest):
     """Extends the absolute expiry to now + `ttl` (default: the session's ttl)."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     ttl: float | None = _field(Kind.FLOAT, None)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("invalidate", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Invalidate(Message):
+class Invalidate(SessionRequest):
     """Ends a session now; its data becomes unrecoverable."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     reason: str | None = _field(Kind.STR, None)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("sync", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Sync(Message):
+class Sync(SessionRequest):
     """The session as seen from `channel`; records that channel's activity."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     channel: str = _field(Kind.STR)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("summary", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Summary(Message):
+class Summary(SessionRequest):
     """Analytics of one session: duration, events, channels, workflows."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("grant", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Grant(Message):
+class Grant(SessionRequest):
     """Mints another token for the session with `scope` (read, write, admin)."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     scope: str = _field(Kind.STR)
     token: str | None = _field(Kind.STR, None)
 
 
 @_message("list_sessions", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class ListSessions(Message):
+class ListSessions(Request):
     """Admin: sessions in id order, `limit` at a time, after the id `after`."""
 
-    id: int = _field(Kind.UINT)
     limit: int | None = _field(Kind.UINT, None)
     after: str | None = _field(Kind.STR, None)
 
 
 @_message("stats", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Stats(Message):
+class Stats(Request):
     """Admin: daemon health, counts and uptime."""
-
-    id: int = _field(Kind.UINT)
 
 
 @_message("analytics", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Analytics(Message):
+class Analytics(Request):
     """Admin: channel usage and workflow performance across sessions."""
-
-    id: int = _field(Kind.UINT)
 
 
 @_message("run", Role.REQUEST)
 @attrs.frozen(kw_only=True)
-class Run(Message):
+class Run(SessionRequest):
     """Runs a workflow in the session (reserved: answered `unavailable` in v1)."""
 
-    id: int = _field(Kind.UINT)
-    session_id: str = _field(Kind.STR)
     workflow: str = _field(Kind.STR)
     inputs: dict[str, Any] | None = _field(Kind.MAP, None)
     resume: bool = _field(Kind.BOOL, False)
@@ -419,7 +424,9 @@ class Error(Message):
 @_message("created", Role.REPLY)
 @attrs.frozen(kw_only=True)
 class Created(Message):
-    """A new session. `token` (admin scope) is shown this once."""
+    """A new session. `token` (admin scope) is shown this once. `clamped`:
+    the ttl or idle timeout asked for was above the server's bound, and the
+    bound was given instead."""
 
     id: int = _field(Kind.UINT)
     session_id: str = _field(Kind.STR)
@@ -427,6 +434,7 @@ class Created(Message):
     seq: int = _field(Kind.UINT)
     expires_at: float = _field(Kind.FLOAT)
     idle_timeout: float | None = _field(Kind.FLOAT, None)
+    clamped: bool = _field(Kind.BOOL, False)
 
 
 @_message("attached", Role.REPLY)
@@ -469,7 +477,7 @@ class Value(Message):
 
 @_message("state", Role.REPLY)
 @attrs.frozen(kw_only=True)
-class State(Message):
+class StateReply(Message):
     """The whole session: entries, context and deadlines, as of `seq`."""
 
     id: int = _field(Kind.UINT)
@@ -481,10 +489,6 @@ class State(Message):
     expires_at: float = _field(Kind.FLOAT)
     idle_expires_at: float | None = _field(Kind.FLOAT, None)
 
-
-#: `State` under the name the package exports (`nexus_protocol.State` is the
-#: connection state).
-StateReply = State
 
 
 @_message("switched", Role.REPLY)
@@ -498,9 +502,13 @@ class Switched(Message):
 @_message("renewed", Role.REPLY)
 @attrs.frozen(kw_only=True)
 class Renewed(Message):
+    """The new expiry; `clamped`: the ttl asked for was above the server's
+    bound, and the bound was given instead."""
+
     id: int = _field(Kind.UINT)
     seq: int = _field(Kind.UINT)
     expires_at: float = _field(Kind.FLOAT)
+    clamped: bool = _field(Kind.BOOL, False)
 
 
 @_message("granted", Role.REPLY)
@@ -543,7 +551,7 @@ class RunStarted(Message):
 
 @_message("snapshot", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Snapshot(Message):
+class Snapshot(SessionEvent):
     """The whole state after an attach that could not replay history.
 
     `recovered` is false when the attach asked to resume (`since`) and the
@@ -551,7 +559,6 @@ class Snapshot(Message):
     where there was nothing to recover.
     """
 
-    session_id: str = _field(Kind.STR)
     seq: int = _field(Kind.UINT)
     entries: dict[str, Any] = _field(Kind.MAP)
     context: dict[str, Any] = _field(Kind.MAP)
@@ -560,11 +567,10 @@ class Snapshot(Message):
 
 @_message("change", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Change(Message):
+class Change(SessionEvent):
     """One change to a session, in `seq` order. `op` says what changed:
     set, delete, patch, context, switch_begin, switch_complete, renew, run."""
 
-    session_id: str = _field(Kind.STR)
     seq: int = _field(Kind.UINT)
     op: str = _field(Kind.STR)
     ts: float = _field(Kind.FLOAT)
@@ -577,10 +583,9 @@ class Change(Message):
 
 @_message("presence", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Presence(Message):
+class Presence(SessionEvent):
     """A connection joined or left the session (`action`: join, leave)."""
 
-    session_id: str = _field(Kind.STR)
     action: str = _field(Kind.STR)
     connection_id: str = _field(Kind.STR)
     channel: str = _field(Kind.STR)
@@ -589,35 +594,31 @@ class Presence(Message):
 
 @_message("lagged", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Lagged(Message):
+class Lagged(SessionEvent):
     """This subscriber fell behind and is detached; resume after `seq`."""
 
-    session_id: str = _field(Kind.STR)
     seq: int = _field(Kind.UINT)
 
 
 @_message("expired", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Expired(Message):
+class Expired(SessionEvent):
     """The session reached its deadline (`reason`: ttl, idle) and is gone."""
 
-    session_id: str = _field(Kind.STR)
     reason: str = _field(Kind.STR)
 
 
 @_message("invalidated", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Invalidated(Message):
-    session_id: str = _field(Kind.STR)
+class Invalidated(SessionEvent):
     reason: str = _field(Kind.STR, "")
 
 
 @_message("progress", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Progress(Message):
+class Progress(SessionEvent):
     """Workflow progress (reserved)."""
 
-    session_id: str = _field(Kind.STR)
     run_id: str = _field(Kind.STR)
     progress: float = _field(Kind.FLOAT)
     step: str | None = _field(Kind.STR, None)
@@ -625,10 +626,9 @@ class Progress(Message):
 
 @_message("result", Role.EVENT)
 @attrs.frozen(kw_only=True)
-class Result(Message):
+class Result(SessionEvent):
     """Workflow outcome (reserved). `status`: completed, failed, cancelled."""
 
-    session_id: str = _field(Kind.STR)
     run_id: str = _field(Kind.STR)
     status: str = _field(Kind.STR)
     result: Any = _field(Kind.VALUE, None)

@@ -248,9 +248,16 @@ valid("error_busy", "Busy, with a retry hint.",
 valid("error_connection", "No id: the connection failed (fatal).",
       {"t": "error", "code": "too_large",
        "message": "frame of 2000000 bytes exceeds the limit of 1048576"})
-valid("created", "A new session and its admin token.",
+valid("created", "A new session and its admin token, as servers before `clamped` sent "
+      "it: an absent `clamped` is false.",
       {"t": "created", "id": 1, "session_id": SID, "token": TOKEN, "seq": 0,
-       "expires_at": TS + 3600, "idle_timeout": 900.0})
+       "expires_at": TS + 3600, "idle_timeout": 900.0, "clamped": False},
+      wire={"t": "created", "id": 1, "session_id": SID, "token": TOKEN, "seq": 0,
+            "expires_at": TS + 3600, "idle_timeout": 900.0})
+valid("created_clamped", "A session whose requested ttl was above the server's bound: "
+      "it got the bound instead.",
+      {"t": "created", "id": 2, "session_id": SID, "token": TOKEN, "seq": 0,
+       "expires_at": TS + 2592000, "idle_timeout": 900.0, "clamped": True})
 valid("attached", "Subscribed; a snapshot follows.",
       {"t": "attached", "id": 7, "session_id": SID, "seq": 41, "recovered": False,
        "scope": "read",
@@ -276,8 +283,11 @@ valid("state", "The whole session.",
        "idle_expires_at": TS + 900})
 valid("switched", "A transition begun or completed.",
       {"t": "switched", "id": 27, "seq": 45, "transition_id": "tr-5b1c"})
-valid("renewed", "The new expiry.",
-      {"t": "renewed", "id": 29, "seq": 46, "expires_at": TS + 3600})
+valid("renewed", "The new expiry, as servers before `clamped` sent it.",
+      {"t": "renewed", "id": 29, "seq": 46, "expires_at": TS + 3600, "clamped": False},
+      wire={"t": "renewed", "id": 29, "seq": 46, "expires_at": TS + 3600})
+valid("renewed_clamped", "A renew whose ttl was above the server's bound.",
+      {"t": "renewed", "id": 30, "seq": 47, "expires_at": TS + 2592000, "clamped": True})
 valid("granted", "The new token.",
       {"t": "granted", "id": 33, "token": "nxs_cmVhZC1vbmx5LXRva2VuLWZvci10ZXN0cw",
        "scope": "read"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import nexus_client as nc
@@ -184,6 +185,38 @@ async def test_default_target_is_the_default_socket(monkeypatch: pytest.MonkeyPa
     async with nc.open_client() as c:
         assert c.target.path == str(runtime / "nexusd" / "nexusd.sock")
         await c.ping()
+
+
+async def test_no_target_is_the_daemon_nexus_finds(monkeypatch: pytest.MonkeyPatch,
+                                                   sock_path: str) -> None:
+    """With no target, a client goes where the ``nexus`` command would:
+    $NEXUS_SOCKET, else $NEXUS_URL, else the default socket."""
+    async with trio.open_nursery() as nursery:
+        # Nothing at the default socket: a client that ignored the variables
+        # could not connect.
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(Path(sock_path).parent / "elsewhere"))
+        unix, web = FakeServer(), FakeServer()
+        await nursery.start(unix.serve, sock_path)
+        await nursery.start(partial(web.serve, websocket=True))
+        ws_url = f"ws://127.0.0.1:{web.ws_port}/"
+
+        monkeypatch.setenv("NEXUS_URL", ws_url)
+        async with nc.open_client() as c:
+            assert c.target == nc.Target(url=ws_url)
+            await c.ping()
+        assert len(web.hellos) == 1
+
+        monkeypatch.setenv("NEXUS_SOCKET", sock_path)  # the socket comes first
+        async with nc.open_client() as c:
+            assert c.target == nc.Target(path=sock_path)
+            await c.ping()
+        assert len(unix.hellos) == 1
+
+        monkeypatch.delenv("NEXUS_SOCKET")
+        monkeypatch.setenv("NEXUS_URL", sock_path)
+        with pytest.raises(ValueError, match="is not a ws:// or wss:// URL"):
+            nc.open_client()
+        nursery.cancel_scope.cancel()
 
 
 def test_targets() -> None:

@@ -12,6 +12,14 @@ import trio
 from .fakeserver import ThreadedServer
 
 
+def test_no_target_is_the_daemon_nexus_finds(threaded: ThreadedServer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEXUS_SOCKET", threaded.path)
+    with nc.Nexus(credentials=False) as app:
+        assert app.ping() >= 0
+    assert len(threaded.server.hellos) == 1
+
+
 def test_the_guides_calls(threaded: ThreadedServer) -> None:
     with nc.Nexus(threaded.path, credentials=False) as app:
         session_id = app.create_session(channel="api")

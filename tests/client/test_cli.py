@@ -207,7 +207,12 @@ def test_set_get_delete_patch(cli: CLI) -> None:
     assert cli.json("get", sid, "text") == "hello world"
     assert cli.json("get", sid, "quoted") == "42"
     assert cli("get", sid, "text", "--raw")[1] == "hello world\n"
-    assert cli.json("get", sid, "missing") is None
+    assert cli("set", sid, "nothing", "null")[0] == 0
+    assert cli.json("get", sid, "nothing") is None  # written, as null
+    for extra in ((), ("--entry",), ("--raw",)):
+        code, out, err = cli("get", sid, "missing", *extra)
+        assert (code, out) == (nc.ExitCode.NOT_FOUND, "")
+        assert err == f"nexus: error: no key 'missing' in the session (session {sid})\n"
     assert cli.json("get", sid, "num", "--entry")["version"] == 1
 
     written = cli.json("set", sid, "num", "43", "--expect", "1", "--json")
@@ -222,7 +227,8 @@ def test_set_get_delete_patch(cli: CLI) -> None:
     patched = cli.json("patch", sid, '{"a": 1}', "--set", "b=[true]", "--delete", "obj",
                        "--json")
     assert set(patched["versions"]) == {"a", "b", "obj"}
-    assert cli.json("get", sid) == {"a": 1, "b": [True], "num": 43, "quoted": "42"}
+    assert cli.json("get", sid) == {"a": 1, "b": [True], "num": 43, "quoted": "42",
+                                    "nothing": None}
     assert cli("patch", sid)[0] == nc.ExitCode.USAGE
 
 

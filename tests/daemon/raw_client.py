@@ -14,6 +14,7 @@ Raw bytes (`send_raw`) let a test send what no well-behaved client would.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from functools import partial
@@ -37,6 +38,7 @@ __all__ = [
     "make_config",
     "real_time_passing",
     "run_daemon",
+    "trio_wall",
 ]
 
 #: Hard bound on any single wait (virtual seconds under `autojump_clock`).
@@ -420,24 +422,35 @@ def real_time_passing() -> Iterator[None]:
 
 def make_config(data: Path, socket_dir: Path, **settings: Any) -> Config:
     """A daemon configuration for tests: a Unix socket in `socket_dir`, a
-    WebSocket on a free loopback port, data in `data`, then `settings`."""
+    WebSocket on a free loopback port, data in `data`, idle connections
+    kept (tests let virtual hours pass), then `settings`."""
     defaults: dict[str, Any] = {
         "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "data": data,
-        "shutdown_grace": 2.0, "durability": "memory",
+        "shutdown_grace": 2.0, "durability": "memory", "idle_connection_timeout": None,
     }
     return Config(**{**defaults, **settings})
 
 
+def trio_wall() -> Callable[[], float]:
+    """A wall clock that moves with trio's clock (a `MockClock` in tests),
+    from the real wall-clock time now: deadlines come due as virtual time
+    passes."""
+    offset = time.time() - trio.current_time()
+    return lambda: trio.current_time() + offset
+
+
 @asynccontextmanager
-async def run_daemon(config: Config, *, store: MemoryStore | None = None
-                     ) -> AsyncIterator[Daemon]:
-    """The daemon, started in-process with `nursery.start`; stopped (and its
-    run awaited, within a hard bound) on the way out."""
+async def run_daemon(config: Config, *, store: MemoryStore | None = None,
+                     wall: Callable[[], float] | None = None) -> AsyncIterator[Daemon]:
+    """The daemon, started in-process with `nursery.start`, its wall clock
+    `wall` (by default `trio_wall()`); stopped (and its run awaited, within a
+    hard bound) on the way out."""
+    daemon = Daemon(config, store=store, wall=wall or trio_wall())
     async with trio.open_nursery() as nursery:
         # The daemon binds its Unix socket in a worker thread (trio does, as a
         # bind touches the file system).
         with real_time_passing(), trio.fail_after(TIMEOUT):
-            daemon: Daemon = await nursery.start(Daemon(config, store=store).run)
+            await nursery.start(daemon.run)
         try:
             yield daemon
         finally:

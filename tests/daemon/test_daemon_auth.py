@@ -3,10 +3,13 @@ ones; tokens kept only as hashes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nexus_protocol as p
 from raw_client import connect_unix, connect_ws
 
 from nexusd import Daemon
+from nexusd._daemon import read_or_create_admin_key
 
 WRONG = "nxs_" + "A" * 43
 
@@ -159,3 +162,13 @@ async def test_tokens_are_stored_only_as_hashes(daemon: Daemon, autojump_clock: 
     # One digest per token, each with its scope.
     assert sorted(loaded.meta.tokens.values()) == ["admin", "admin", "read", "write"]
     assert all(len(digest) == 64 and int(digest, 16) >= 0 for digest in loaded.meta.tokens)
+
+
+def test_a_new_admin_key_is_never_read_as_a_command_line_flag(tmp_path: Path) -> None:
+    # A key starting with "-" would make `nexus status --admin-key KEY` fail
+    # to parse; random URL-safe text starts with "-" once in 64 draws.
+    keys = [read_or_create_admin_key(tmp_path / str(i)) for i in range(400)]
+    assert len(set(keys)) == len(keys)
+    assert not [k for k in keys if k.startswith("-")]
+    # The key is kept: the daemon's next start reads the same one.
+    assert read_or_create_admin_key(tmp_path / "0") == keys[0]

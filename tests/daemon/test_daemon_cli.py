@@ -5,11 +5,13 @@ These tests run on the real clock: the daemon is another process.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +21,9 @@ import pytest
 import trio
 from raw_client import connect_unix, connect_ws
 
-from nexusd import _cli
+from nexusd import Daemon, _cli
 from nexusd._config import FIELDS
+from nexusd.store import StoreError
 
 NEXUSD = [sys.executable, "-m", "nexusd"]
 
@@ -104,6 +107,9 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
                          env=_environ(tmp_path))
     assert top.returncode == 0, top.stderr
     assert "serve" in top.stdout and "--version" in top.stdout
+    # It offers the listeners there are, and no other.
+    assert "Unix socket" in top.stdout and "WebSocket" in top.stdout
+    assert "HTTP" not in top.stdout and "MCP" not in top.stdout
 
     serve = subprocess.run([*NEXUSD, "serve", "--help"], capture_output=True, text=True,
                            timeout=30, env=_environ(tmp_path))
@@ -148,3 +154,110 @@ async def test_the_gc_policy_freezes_survivors_and_collects_in_full_on_its_own_s
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
+
+
+async def test_the_gc_policy_collects_young_objects_cpython_does_not_count(
+        autojump_clock: object) -> None:
+    # CPython counts allocations minus deallocations: new objects made while
+    # as many old (frozen) ones die trigger no collection, and the young
+    # generation grows until one collection walks it all at once (with
+    # 20,000 actors woken together: 260,000 objects, a 200-400 ms pause).
+    threshold = gc.get_threshold()
+    old: list[list[int]] = [[] for _ in range(30_000)]
+    gc.freeze()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cli._gc_policy)
+            await trio.lowlevel.checkpoint()
+            young: list[list[int]] = []
+            for _ in range(30_000):
+                old.pop()
+                young.append([])
+            assert len(gc.get_objects(0)) >= 30_000  # CPython has not collected them
+            await trio.sleep(1.5 * _cli.GC_YOUNG_EVERY)
+            assert len(gc.get_objects(0)) + len(gc.get_objects(1)) < 5_000
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
+
+
+def _serve_error(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*NEXUSD, "serve", "--data", str(tmp_path / "data"),
+                           "--durability", "memory", *flags],
+                          capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
+
+
+def _error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one ``nexusd: error:`` line of a failed run, which has no traceback."""
+    assert result.returncode != 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nexusd: error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve_error(tmp_path, "--socket", "off", "--ws", f"127.0.0.1:{port}")
+    assert _error_line(result) == (
+        f"nexusd: error: address 127.0.0.1:{port} is in use (another nexusd?)")
+
+
+async def test_a_socket_a_live_daemon_serves_is_one_error_line(daemon: Daemon,
+                                                               tmp_path: Path) -> None:
+    assert daemon.socket_path is not None
+    command = [*NEXUSD, "serve", "--data", str(tmp_path / "data2"), "--durability", "memory",
+               "--socket", str(daemon.socket_path), "--ws", "off"]
+    with trio.fail_after(30):
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
+                                      check=False, env=_environ(tmp_path))
+    result = subprocess.CompletedProcess(command, done.returncode, done.stdout.decode(),
+                                         done.stderr.decode())
+    assert _error_line(result) == (
+        f"nexusd: error: address {daemon.socket_path} is in use (another nexusd?)")
+    # The live daemon keeps its socket, and still answers on it.
+    async with connect_unix(daemon.socket_path) as client:
+        assert isinstance(await client.call(p.Ping), p.Pong)
+
+
+@pytest.mark.parametrize("failure", [
+    ExceptionGroup("nested", [ExceptionGroup("deeper", [
+        OSError(errno.EADDRINUSE, "address 127.0.0.1:1 is in use (another nexusd?)")])]),
+    ExceptionGroup("several", [
+        OSError(errno.EACCES, "Permission denied", "/data/keys"),
+        ExceptionGroup("inner", [StoreError("the store is locked")])]),
+], ids=["nested", "several"])
+def test_start_up_errors_are_one_line_whatever_their_shape(
+        failure: ExceptionGroup[Exception], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    async def serve(config: object) -> None:
+        raise failure
+    monkeypatch.setattr(_cli, "_serve", serve)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    code = _cli.main(["serve", "--socket", "off", "--ws", "off", "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err
+    assert err.splitlines() == [{
+        "nested": "nexusd: error: address 127.0.0.1:1 is in use (another nexusd?)",
+        "several": "nexusd: error: Permission denied: /data/keys; the store is locked",
+    }[failure.message]]
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def serve(config: object) -> None:
+        raise ExceptionGroup("bug", [ZeroDivisionError("division by zero")])
+    monkeypatch.setattr(_cli, "_serve", serve)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    code = _cli.main(["serve", "--socket", "off", "--ws", "off", "--data", str(tmp_path)])
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "nexusd: error: unexpected ZeroDivisionError: division by zero"]
+    [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert record.exc_info is not None

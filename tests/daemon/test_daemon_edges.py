@@ -12,7 +12,7 @@ import trio
 from raw_client import connect_unix, make_config, run_daemon
 
 from nexusd import Daemon, MemoryStore
-from nexusd._state import MAX_CHANNELS
+from nexusd.session._state import MAX_CHANNELS
 
 
 class SlowDeleteStore(MemoryStore):

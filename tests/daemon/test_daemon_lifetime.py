@@ -12,7 +12,8 @@ import trio
 from raw_client import RawClient, connect_unix, connect_ws
 
 from nexusd import Daemon
-from nexusd._actor import Disconnect, Envelope, SessionActor
+from nexusd.session._actor import SessionActor
+from nexusd.session._mailbox import Disconnect, MailItem
 
 
 async def _session(c: RawClient, **fields: object) -> tuple[str, str]:
@@ -159,10 +160,10 @@ async def test_a_watcher_whose_goodbye_was_lost_does_not_keep_a_session_in_memor
     # mailbox is full; the session must still hibernate once quiet.
     send_nowait = SessionActor.send_nowait
 
-    def losing_goodbyes(self: SessionActor, envelope: Envelope) -> bool:
-        if isinstance(envelope.request, Disconnect):
+    def losing_goodbyes(self: SessionActor, item: MailItem) -> bool:
+        if isinstance(item, Disconnect):
             return False
-        return send_nowait(self, envelope)
+        return send_nowait(self, item)
 
     monkeypatch.setattr(SessionActor, "send_nowait", losing_goodbyes)
     assert daemon.socket_path is not None

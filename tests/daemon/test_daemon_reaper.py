@@ -14,7 +14,7 @@ import trio
 from raw_client import connect_unix, make_config, run_daemon
 
 from nexusd import MemoryStore
-from nexusd._store import SessionMeta
+from nexusd.store._interface import SessionMeta
 
 
 class NoIndexStore(MemoryStore):

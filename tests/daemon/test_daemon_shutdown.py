@@ -13,7 +13,7 @@ import trio
 from raw_client import connect_unix, connect_ws, make_config, real_time_passing, run_daemon
 
 from nexusd import Daemon, MemoryStore
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.store._interface import SessionMeta, StoredEvent
 
 WRITES = 200
 

@@ -177,3 +177,35 @@ async def test_context_and_channel_switches_are_changes(daemon: Daemon,
         assert summary["last_successful_channel"] == "mobile"
         assert summary["transition_success_rate"] == 1.0
         assert summary["seq"] == 3
+
+
+async def test_a_switch_from_another_channel_than_the_current_is_a_conflict(
+        daemon: Daemon, autojump_clock: object) -> None:
+    assert daemon.socket_path is not None
+    async with (connect_unix(daemon.socket_path, channel="web") as c,
+                connect_unix(daemon.socket_path, channel="cli") as sub):
+        sid, token = await _session(c)  # created on "web": its current channel
+        await sub.call(p.Attach, session_id=sid, token=token)
+        await sub.next_of(p.Snapshot)
+
+        error = await c.call(p.SwitchBegin, session_id=sid, from_channel="cli",
+                             to_channel="mcp")
+        assert isinstance(error, p.Error) and error.code == "conflict"
+        assert error.message == ("the session's current channel is 'web', not 'cli': "
+                                 "cannot switch from it")
+        # Nothing changed: no transition, no change seen, the same seq.
+        state = await c.call(p.Get, session_id=sid)
+        assert isinstance(state, p.StateReply)
+        assert (state.seq, state.context["current_channel"]) == (0, "web")
+        await sub.no_event_within(1.0)
+
+        # Named right, it begins; completed, the current channel moves on.
+        begun = await c.call(p.SwitchBegin, session_id=sid, from_channel="web",
+                             to_channel="cli")
+        assert isinstance(begun, p.Switched) and begun.seq == 1
+        done = await c.call(p.SwitchComplete, session_id=sid, transition_id=begun.transition_id)
+        assert isinstance(done, p.Switched)
+        error = await c.call(p.SwitchBegin, session_id=sid, from_channel="web",
+                             to_channel="mcp")
+        assert isinstance(error, p.Error) and error.code == "conflict"
+        assert "is 'cli', not 'web'" in error.message

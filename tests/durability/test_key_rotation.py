@@ -4,6 +4,7 @@ the old key can then be retired, and everything still reads after a restart."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -11,10 +12,12 @@ from contextlib import closing
 from pathlib import Path
 
 import nexus_protocol as p
+import pytest
 from daemon_process import daemon_process, wait_until
-from raw_client import connect_unix
+from raw_client import connect_unix, make_config, run_daemon
 
-from nexusd._sqlite_store import DB_FILE
+from nexusd._daemon import PID_FILE
+from nexusd.store._schema import DB_FILE
 
 
 def _keys(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -95,3 +98,22 @@ async def test_retiring_a_key_still_in_use_is_refused(tmp_path: Path,
     assert refused.returncode == 1
     assert refused.stderr.startswith("nexusd: error:") and old in refused.stderr
     assert _key_ids_in_use(data) == {old: 1}
+
+
+@pytest.mark.parametrize(("durability", "has_keys"), [("process", True), ("memory", False)])
+async def test_a_daemon_reloads_keys_only_if_its_store_keeps_them(
+        tmp_path: Path, socket_dir: Path, caplog: pytest.LogCaptureFixture, durability: str,
+        has_keys: bool) -> None:
+    data = tmp_path / "data"
+    config = make_config(data, socket_dir, ws=None, durability=durability)
+    with caplog.at_level(logging.INFO, logger="nexusd"):
+        async with run_daemon(config) as daemon:
+            # The pid file is how `nexusd keys rotate` finds the daemon to tell.
+            assert (data / PID_FILE).exists() == has_keys
+            await daemon.reload_keys()
+    assert not (data / PID_FILE).exists()
+    if has_keys:
+        assert "key ring reloaded; current master key" in caplog.text
+    else:
+        assert "no key ring to reload: durability is memory" in caplog.text
+

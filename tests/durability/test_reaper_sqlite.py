@@ -19,22 +19,32 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from contextlib import closing
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import nexus_protocol as p
 import pytest
 import trio
 from daemon_process import wait_until
-from raw_client import RawClient, connect_unix, make_config, run_daemon
+from raw_client import (
+    TIMEOUT,
+    RawClient,
+    connect_unix,
+    make_config,
+    real_time_passing,
+    run_daemon,
+    trio_wall,
+)
 from trio.testing import MockClock
 
-from nexusd import Daemon
-from nexusd._actor import meta_of
+from nexusd import Config, Daemon
 from nexusd._auth import hash_token
-from nexusd._sqlite_store import DB_FILE, SqliteStore, open_sqlite_store
-from nexusd._state import SessionState
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.session._actor import meta_of
+from nexusd.session._state import SessionState
+from nexusd.store._interface import IDLE_LAG, SessionMeta, StoredEvent
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import SqliteStore, open_sqlite_store
 
 
 @pytest.fixture
@@ -73,7 +83,7 @@ async def test_dormant_sessions_expire_at_their_deadline(
     config = make_config(data, socket_dir, ws=None, durability="process", hibernate_after=0.3)
     async with run_daemon(config) as daemon:
         assert daemon.socket_path is not None
-        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
+        store, wall, reaper = _sqlite(daemon), daemon.clock, daemon.reaper
         async with connect_unix(daemon.socket_path) as c:
             by_ttl = await _create(c, ttl=600, idle_timeout=3000)
             by_idle = await _create(c, ttl=3600, idle_timeout=300)
@@ -178,15 +188,17 @@ async def test_many_dormant_sessions_cost_the_reaper_nothing_until_a_deadline(
     data = tmp_path / "data"
     ids = await _insert_dormant(data, time.time())
     async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
-        store, wall, reaper = _sqlite(daemon), daemon.registry.clock, daemon.reaper
-        # The reaper's first round: one `due` query (nothing due: no session
-        # row read) and one `next_deadline`; then it sleeps until the first
-        # deadline. Nothing else in the daemon reads the store unasked.
-        await wait_until(lambda: store.statistics().reads >= 2, "the reaper's first round")
+        store, wall, reaper = _sqlite(daemon), daemon.clock, daemon.reaper
+        # The session count, read once at the start (the bound on stored
+        # sessions counts from it); the reaper's first round: one `due` query
+        # (nothing due: no session row read) and one `next_deadline`; then it
+        # sleeps until the first deadline. Nothing else in the daemon reads
+        # the store unasked.
+        await wait_until(lambda: store.statistics().reads >= 3, "the reaper's first round")
         await trio.sleep(0.2)
         parked, read = reaper.statistics(), store.statistics()
         assert (parked.wakeups, parked.checks, parked.dormant_expired) == (1, 0, 0)
-        assert (read.reads, read.sessions_read) == (2, 0)
+        assert (read.reads, read.sessions_read) == (3, 0)
 
         # An hour later, just before the first deadline: still nothing done.
         first_deadline = await store.next_deadline()
@@ -253,7 +265,7 @@ async def test_a_lagging_stored_idle_deadline_never_expires_a_session_early(
     data, sid = tmp_path / "data", "a" * 32
     now = await _store_a_lagging_idle_deadline(data, sid)
     async with run_daemon(make_config(data, socket_dir, ws=None, durability="process")) as daemon:
-        store, wall = _sqlite(daemon), daemon.registry.clock
+        store, wall = _sqlite(daemon), daemon.clock
         # Past the stored deadline, before the journal's: the reaper checks
         # the journal, keeps the session and stores the right deadline.
         clock.jump(now + 302 - wall.now())
@@ -279,8 +291,62 @@ async def test_activation_judges_expiry_by_the_journal(
     now = await _store_a_lagging_idle_deadline(data, sid)
     config = make_config(data, socket_dir, ws=None, durability="process")
     async with run_daemon(config) as daemon:
-        clock.jump(now + 304 - daemon.registry.clock.now())
+        clock.jump(now + 304 - daemon.clock.now())
         assert daemon.socket_path is not None
         async with connect_unix(daemon.socket_path) as c:
             got = await c.call(p.Get, session_id=sid, key="k", token=LAGGING_TOKEN)
             assert isinstance(got, p.Value) and got.value == "kept", got
+
+
+@asynccontextmanager
+async def _crashing_daemon(config: Config, wall: Callable[[], float]) -> AsyncIterator[Daemon]:
+    """A daemon that crashes on the way out: every task is cancelled at once,
+    so no session hibernates and nothing more reaches the store (what a
+    `kill -9` leaves, in-process and in virtual time)."""
+    async with trio.open_nursery() as nursery:
+        with real_time_passing(), trio.fail_after(TIMEOUT):
+            daemon: Daemon = await nursery.start(Daemon(config, wall=wall).run)
+        yield daemon
+        nursery.cancel_scope.cancel()
+
+
+# Read 5.5 s before the idle deadline (the daemon stores that read), and
+# 8 s after creation (within IDLE_LAG of what is stored: it does not).
+@pytest.mark.parametrize("read_at", [14.5, 8.0])
+async def test_a_crash_never_expires_a_session_read_within_its_idle_timeout(
+        tmp_path: Path, socket_dir: Path, clock: MockClock, read_at: float) -> None:
+    config = make_config(tmp_path / "data", socket_dir, ws=None, durability="process")
+    wall = trio_wall()  # one wall clock for both runs
+    async with _crashing_daemon(config, wall) as daemon:
+        assert daemon.socket_path is not None
+        async with connect_unix(daemon.socket_path) as c:
+            # One left to the reaper after the crash, one asked for again.
+            dormant = await c.call(p.Create, ttl=3600, idle_timeout=20)
+            asked = await c.call(p.Create, ttl=3600, idle_timeout=20)
+            assert isinstance(dormant, p.Created) and isinstance(asked, p.Created)
+            t0 = dormant.expires_at - 3600
+            # Read, never written.
+            clock.jump(t0 + read_at - wall())
+            for s in (dormant, asked):
+                got = await c.call(p.Get, session_id=s.session_id, token=s.token)
+                assert isinstance(got, p.StateReply), got
+                assert daemon.registry.active(s.session_id) is not None  # not hibernated
+    async with run_daemon(config, wall=wall) as daemon:
+        store, reaper = _sqlite(daemon), daemon.reaper
+        await wait_until(lambda: reaper.statistics().wakeups >= 1, "the reaper's first round")
+        # Past the deadline the creation stored, just before the read's.
+        clock.jump(t0 + read_at + 20 - 0.1 - wall())
+        await trio.sleep(0.5)  # real time: the reaper looks within WALL_RECHECK virtual
+        assert reaper_expired(daemon) == 0
+        assert await store.count() == 2
+        assert daemon.socket_path is not None
+        async with connect_unix(daemon.socket_path) as c:
+            got = await c.call(p.Get, session_id=asked.session_id, token=asked.token)
+            assert isinstance(got, p.StateReply), got
+            # Truly idle: expired, at most IDLE_LAG after the read's deadline.
+            clock.jump(t0 + read_at + 20 + IDLE_LAG + 0.01 - wall())
+            await wait_until(lambda: _count_is(store, 1), "the idle session expired")
+            assert reaper_expired(daemon) == 1
+            error = await c.call(p.Get, session_id=dormant.session_id, token=dormant.token)
+            assert isinstance(error, p.Error) and error.code == "expired", error
+            assert "(idle)" in error.message

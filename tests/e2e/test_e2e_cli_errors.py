@@ -72,12 +72,15 @@ def test_usage_error_found_after_connecting_exits_2(cli: Cli, daemon: DaemonProc
 def test_not_found_exits_3(cli: Cli, daemon: DaemonProcess) -> None:
     absent = "0123456789abcdef0123456789abcdef"
     sid = create(daemon)
-    no_session, no_key = cli.run_all([("get", absent, "theme", "--token", "nxs_whatever"),
-                                      ("delete", sid, "never-set")])
+    no_session, no_key, never_read = cli.run_all([
+        ("get", absent, "theme", "--token", "nxs_whatever"), ("delete", sid, "never-set"),
+        ("get", sid, "never-set")])
     assert no_session.code == 3
     assert no_session.error_line == f"nexus: error: session {absent} not found"
-    assert no_key.code == 3
-    assert "no key 'never-set'" in no_key.error_line and sid in no_key.error_line
+    for r in (no_key, never_read):
+        assert (r.code, r.out) == (3, "")
+        assert r.error_line == (
+            f"nexus: error: no key 'never-set' in the session (session {sid})")
 
 
 def test_expired_exits_4(cli: Cli, daemon: DaemonProcess) -> None:
@@ -162,7 +165,7 @@ def test_unauthorized_exits_5(cli: Cli, daemon: DaemonProcess) -> None:
     # A real token whose scope is too narrow is refused too.
     assert grant.code == 0, grant.err
     read_only = grant.out.strip()
-    read, write = cli.run_all([("get", sid, "k", "--token", read_only),
+    read, write = cli.run_all([("get", sid, "--token", read_only),
                                ("set", sid, "k", "1", "--token", read_only)])
     assert read.code == 0, read.err
     assert write.code == 5

@@ -11,11 +11,11 @@ from nexus_protocol import (
     NEED_DATA,
     Connection,
     ConnectionClosed,
+    ConnectionState,
     Hello,
     Limits,
     Message,
     Side,
-    State,
     Welcome,
 )
 
@@ -69,7 +69,7 @@ def open_pair(*, limits: Limits | None = None,
     [welcome] = deliver(server.send(Welcome(version=1, server="tests", connection_id="c-1",
                                             max_frame=max_frame)), client)
     assert isinstance(welcome, Welcome)
-    assert client.state is State.OPEN and server.state is State.OPEN
+    assert client.state is ConnectionState.OPEN and server.state is ConnectionState.OPEN
     return client, server
 
 

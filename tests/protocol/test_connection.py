@@ -11,6 +11,7 @@ from nexus_protocol import (
     Change,
     Connection,
     ConnectionClosed,
+    ConnectionState,
     Create,
     Created,
     Error,
@@ -27,7 +28,6 @@ from nexus_protocol import (
     Shutdown,
     Side,
     Snapshot,
-    State,
     Value,
     Welcome,
     Written,
@@ -47,12 +47,12 @@ def test_a_whole_session() -> None:
     # Handshake.
     hello = Hello(versions=[1], channel="cli", client="nexus-cli/0.1.0")
     assert deliver(client.send(hello), server) == [hello]
-    assert (client.state, server.state) == (State.HANDSHAKE, State.HANDSHAKE)
+    assert (client.state, server.state) == (ConnectionState.HANDSHAKE, ConnectionState.HANDSHAKE)
     assert server.version == 1
     welcome = Welcome(version=1, server="nexusd/0.1.0", connection_id="c-1",
                       max_frame=server.limits.max_frame)
     assert deliver(server.send(welcome), client) == [welcome]
-    assert (client.state, server.state) == (State.OPEN, State.OPEN)
+    assert (client.state, server.state) == (ConnectionState.OPEN, ConnectionState.OPEN)
     assert client.version == 1
 
     # create -> created
@@ -96,7 +96,7 @@ def test_a_whole_session() -> None:
     assert deliver(client.send(missing), server) == [missing]
     error = Error(id=rid, code=ErrorCode.NOT_FOUND.value, message="no session 'nope'")
     assert deliver(server.send(error), client) == [error]
-    assert client.state is State.OPEN
+    assert client.state is ConnectionState.OPEN
 
     # shutdown: a request already sent is still answered; no new ones.
     late = client.next_request_id()
@@ -104,7 +104,7 @@ def test_a_whole_session() -> None:
     assert deliver(client.send(ping), server) == [ping]
     shutdown = Shutdown(reason="stopping", retry_after=1.0)
     assert deliver(server.send(shutdown), client) == [shutdown]
-    assert (client.state, server.state) == (State.DRAINING, State.DRAINING)
+    assert (client.state, server.state) == (ConnectionState.DRAINING, ConnectionState.DRAINING)
     with pytest.raises(LocalProtocolError):
         client.send(Ping(id=client.next_request_id()))
     assert deliver(server.send(Pong(id=late)), client) == [Pong(id=late)]
@@ -112,7 +112,7 @@ def test_a_whole_session() -> None:
 
     # The server closes the transport.
     assert deliver(b"", client) == [ConnectionClosed()]
-    assert client.state is State.CLOSED
+    assert client.state is ConnectionState.CLOSED
 
 
 def test_server_answers_requests_that_cross_its_shutdown() -> None:
@@ -134,9 +134,9 @@ def test_server_picks_the_highest_common_version() -> None:
     assert server.version == 3
     with pytest.raises(LocalProtocolError, match="negotiated version 3"):
         server.send(Welcome(version=2, server="s", connection_id="c", max_frame=1024))
-    assert server.state is State.HANDSHAKE
+    assert server.state is ConnectionState.HANDSHAKE
     server.send(Welcome(version=3, server="s", connection_id="c", max_frame=1024))
-    assert server.state is State.OPEN
+    assert server.state is ConnectionState.OPEN
 
 
 def test_no_common_version_is_fatal_and_can_be_said_once() -> None:
@@ -146,12 +146,12 @@ def test_no_common_version_is_fatal_and_can_be_said_once() -> None:
         deliver(client.send(Hello(versions=[2, 3], channel="cli")), server)
     exc = caught.value
     assert (exc.code, exc.fatal, exc.request_id) == (ErrorCode.UNSUPPORTED_VERSION, True, None)
-    assert server.state is State.CLOSED
+    assert server.state is ConnectionState.CLOSED
     with pytest.raises(LocalProtocolError):
         server.send(Welcome(version=1, server="s", connection_id="c", max_frame=1024))
     refusal = Error(code=exc.code.value, message=exc.message)
     assert deliver(server.send(refusal), client) == [refusal]
-    assert client.state is State.CLOSED
+    assert client.state is ConnectionState.CLOSED
     with pytest.raises(LocalProtocolError):
         client.send(Ping(id=1))
 
@@ -164,7 +164,7 @@ def test_client_refuses_a_version_it_does_not_speak() -> None:
         deliver(frame(encode_body(welcome)), client)
     assert caught.value.code is ErrorCode.UNSUPPORTED_VERSION
     assert caught.value.fatal
-    assert client.state is State.CLOSED
+    assert client.state is ConnectionState.CLOSED
 
 
 def test_client_refused_during_the_handshake() -> None:
@@ -172,7 +172,7 @@ def test_client_refused_during_the_handshake() -> None:
     client.send(Hello(versions=[1], channel="cli", credential="wrong"))
     refusal = Error(code=ErrorCode.UNAUTHORIZED.value, message="bad credential")
     assert deliver(frame(encode_body(refusal)), client) == [refusal]
-    assert client.state is State.CLOSED
+    assert client.state is ConnectionState.CLOSED
 
 
 # -------------------------------------------------------- out-of-state traffic
@@ -185,7 +185,7 @@ def test_request_before_hello_is_fatal() -> None:
     exc = caught.value
     # Fatal, so it answers no request: the server can only say why and close.
     assert (exc.code, exc.fatal, exc.request_id) == (ErrorCode.BAD_REQUEST, True, None)
-    assert server.state is State.CLOSED
+    assert server.state is ConnectionState.CLOSED
     server.send(Error(code=exc.code.value, message=exc.message))
     # Whatever else arrives is dropped, not buffered.
     server.receive_data(frame(encode_body(Ping(id=2))) * 100)
@@ -208,7 +208,7 @@ def test_reply_to_an_unknown_request_is_refused_but_not_fatal() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         deliver(frame(encode_body(Pong(id=99))), client)
     assert not caught.value.fatal
-    assert client.state is State.OPEN
+    assert client.state is ConnectionState.OPEN
     deliver(client.send(Ping(id=1)), server)
     assert deliver(server.send(Pong(id=1)), client) == [Pong(id=1)]
 
@@ -315,7 +315,7 @@ def test_message_framing_refuses_an_oversized_message_without_keeping_it() -> No
         server.receive_data(b"\x80" * 101)
     assert (caught.value.code, caught.value.fatal) == (ErrorCode.TOO_LARGE, True)
     assert server.buffered == 0
-    assert server.state is State.CLOSED
+    assert server.state is ConnectionState.CLOSED
 
 
 def test_message_framing_takes_a_message_of_exactly_max_frame() -> None:
@@ -346,7 +346,7 @@ def test_eof_inside_a_frame() -> None:
     with pytest.raises(RemoteProtocolError) as caught:
         server.next_event()
     assert (caught.value.code, caught.value.fatal) == (ErrorCode.BAD_REQUEST, True)
-    assert server.state is State.CLOSED
+    assert server.state is ConnectionState.CLOSED
     assert isinstance(server.next_event(), ConnectionClosed)
 
 
@@ -355,6 +355,6 @@ def test_eof_between_frames() -> None:
     server.receive_data(frame(encode_body(Ping(id=1))))
     server.receive_data(b"")
     assert drain(server) == [Ping(id=1), ConnectionClosed()]
-    assert server.state is State.CLOSED
+    assert server.state is ConnectionState.CLOSED
     with pytest.raises(LocalProtocolError):
         server.receive_data(b"more")

@@ -54,5 +54,22 @@ def test_every_message_class_is_exported() -> None:
         assert issubclass(cls, Message)
 
 
+def test_each_thing_has_one_public_name() -> None:
+    # A class shows its own name in reprs and tracebacks: that name is the one
+    # it is exported under, and no other public name refers to it.
+    names = exported_names()
+    by_object: dict[int, list[str]] = {}
+    for public in names:
+        obj = getattr(nexus_protocol, public)
+        if isinstance(obj, type):
+            assert obj.__name__ == public
+            by_object.setdefault(id(obj), []).append(public)
+    assert [n for n in by_object.values() if len(n) > 1] == []
+    for module in {getattr(nexus_protocol, n).__module__ for n in names
+                   if isinstance(getattr(nexus_protocol, n), type)}:
+        listed = [getattr(sys.modules[module], n) for n in sys.modules[module].__all__]
+        assert len({id(obj) for obj in listed}) == len(listed), module
+
+
 def test_version_is_a_string() -> None:
     assert isinstance(nexus_protocol.__version__, str)

@@ -12,6 +12,7 @@ from nexus_protocol import (
     NEED_DATA,
     Connection,
     ConnectionClosed,
+    ConnectionState,
     ErrorCode,
     Framing,
     Hello,
@@ -22,7 +23,6 @@ from nexus_protocol import (
     Role,
     Set,
     Side,
-    State,
     decode_body,
     encode_body,
     frame,
@@ -116,7 +116,7 @@ def feed_everything(conn: Connection, stream: bytes, sizes: list[int]) -> list[o
                 hypothesis.event(f"error: {exc.code.value}{' (fatal)' if exc.fatal else ''}")
                 outcomes.append(exc.code)
                 if exc.fatal:
-                    assert conn.state is State.CLOSED
+                    assert conn.state is ConnectionState.CLOSED
                     assert conn.buffered == 0
                     assert exc.request_id is None
                 continue
@@ -142,7 +142,7 @@ def feed_everything(conn: Connection, stream: bytes, sizes: list[int]) -> list[o
         pump()
     conn.receive_data(b"")
     pump()
-    assert conn.state is State.CLOSED
+    assert conn.state is ConnectionState.CLOSED
     assert isinstance(outcomes[-1], ConnectionClosed)
     return outcomes
 

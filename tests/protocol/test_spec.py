@@ -19,11 +19,14 @@ from nexus_protocol import (
     FATAL_CODES,
     MESSAGE_TYPES,
     TRANSITIONS,
+    ConnectionState,
     ErrorCode,
     Kind,
+    Request,
     Role,
+    SessionEvent,
+    SessionRequest,
     Side,
-    State,
 )
 
 SPEC = (Path(__file__).resolve().parents[2] / "protocol" / "SPEC.md").read_text(encoding="utf-8")
@@ -102,6 +105,18 @@ def test_message_fields_match(tag: str) -> None:
     assert spec == ours
 
 
+@pytest.mark.parametrize("tag", sorted(MESSAGE_TYPES))
+def test_message_base_matches_its_role(tag: str) -> None:
+    # The daemon routes on these bases: a request about a session (one with a
+    # `session_id` field, section 7.2) goes to that session.
+    cls = MESSAGE_TYPES[tag]
+    names = [code(r[0]) for r in rows(section(f"`{tag}`")) if r[0] != "Field"]
+    request = cls.ROLE is Role.REQUEST
+    assert issubclass(cls, Request) == request
+    assert issubclass(cls, SessionRequest) == (request and "session_id" in names)
+    assert issubclass(cls, SessionEvent) == (cls.ROLE is Role.EVENT)
+
+
 def test_roles_overview_lists_each_message_under_its_role() -> None:
     listed: dict[str, set[str]] = {}
     for role, _, messages in rows(section("1. Overview")):
@@ -137,9 +152,10 @@ def test_error_table_matches_the_codes() -> None:
 
 def test_state_table_matches_transitions() -> None:
     states = [code(r[0]) for r in rows(section("5.2 States")) if r[0].startswith("`")]
-    assert states == [s.value for s in State]
+    assert states == [s.value for s in ConnectionState]
     spec = {
-        (Side(side), State(code(state)), direction, Role(role), State(code(nxt)))
+        (Side(side), ConnectionState(code(state)), direction, Role(role),
+         ConnectionState(code(nxt)))
         for side, state, direction, role, nxt in (
             r for r in rows(section("5.2 States")) if len(r) == 5)
     }

@@ -11,6 +11,7 @@ from nexus_protocol import (
     MESSAGE_TYPES,
     Connection,
     ConnectionClosed,
+    ConnectionState,
     Error,
     ErrorCode,
     Framing,
@@ -20,7 +21,6 @@ from nexus_protocol import (
     RemoteProtocolError,
     Role,
     Side,
-    State,
     decode_body,
     encode_body,
 )
@@ -129,10 +129,10 @@ def test_invalid_vector_is_refused(vector: dict[str, Any], piece: int) -> None:
     assert (exc.code, exc.fatal, exc.request_id) == (
         ErrorCode(vector["error"]), vector["fatal"], vector["request_id"])
     if exc.fatal:
-        assert server.state is State.CLOSED
+        assert server.state is ConnectionState.CLOSED
         assert server.buffered == 0
     else:
-        assert server.state is State.OPEN
+        assert server.state is ConnectionState.OPEN
 
 
 @invalid

@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 from store_helpers import RETENTION, FakeWallClock
 
-from nexusd._crypto import KeyRing
-from nexusd._sqlite_store import SqliteStore, open_sqlite_store
-from nexusd._store import MemoryStore, Store
+from nexusd.store import KeyRing, MemoryStore, SqliteStore, Store, open_sqlite_store
 
 
 @pytest.fixture
@@ -21,7 +19,7 @@ def keyring() -> KeyRing:
     return KeyRing.generate()
 
 
-@pytest.fixture(params=["MemoryStore", "sqlite-memory", "sqlite-process"])
+@pytest.fixture(params=["MemoryStore", "sqlite-none", "sqlite-process"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, keyring: KeyRing,
                 wall: FakeWallClock) -> AsyncIterator[Store]:
     """Every store, configured with the same retention: the contract holds for all."""
@@ -30,7 +28,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, keyring: KeyRing
         s = MemoryStore(retention=RETENTION)
     else:
         durability = request.param.removeprefix("sqlite-")
-        s = await open_sqlite_store(None if durability == "memory" else tmp_path,
+        s = await open_sqlite_store(None if durability == "none" else tmp_path,
                                     durability=durability, keyring=keyring,
                                     retention_events=RETENTION, clock=wall)
     try:

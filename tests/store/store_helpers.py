@@ -11,9 +11,10 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from nexusd._sqlite_store import DB_FILE, SqliteStore
-from nexusd._sqlite_writer import TaskWriter
-from nexusd._store import SessionMeta, StoredEvent
+from nexusd.store._interface import SessionMeta, StoredEvent
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import SqliteStore
+from nexusd.store._writer import TaskWriter
 
 RETENTION = 5
 

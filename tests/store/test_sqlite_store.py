@@ -19,21 +19,19 @@ import trio.testing
 from store_helpers import NOW, FakeWallClock, events, make_meta, raw_db, wait_queued, writer_paused
 from trio.testing import MockClock
 
-from nexusd import _sqlite_writer
-from nexusd._crypto import KeyRing
-from nexusd._sqlite_store import (
-    _INSERT_SESSION,
+from nexusd.store import _checkpoint, _writer
+from nexusd.store._crypto import KeyRing
+from nexusd.store._interface import SessionMeta
+from nexusd.store._schema import (
     DB_FILE,
     DUE_SQL,
+    INSERT_SESSION,
     NEXT_DEADLINE_SQL,
     SCHEMA_VERSION,
-    SqliteStore,
-    StoreError,
     migrate,
     new_session_row,
-    open_sqlite_store,
 )
-from nexusd._store import SessionMeta
+from nexusd.store._sqlite import SqliteStore, StoreError, open_sqlite_store
 
 # -- persistence and durability ----------------------------------------------
 
@@ -78,8 +76,8 @@ async def test_disk_durability_levels(tmp_path: Path, durability: str, synchrono
     assert (tmp_path / DB_FILE).stat().st_mode & 0o777 == 0o600
 
 
-async def test_memory_durability_writes_nothing_to_disk(tmp_path: Path) -> None:
-    store = await open_sqlite_store(tmp_path, durability="memory")
+async def test_durability_none_writes_nothing_to_disk(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path, durability="none")
     await store.create(make_meta("a"), b"a0")
     await store.append(make_meta("a"), events(1, 3))
     loaded = await store.load("a")
@@ -95,6 +93,26 @@ async def test_bad_durability_arguments(tmp_path: Path) -> None:
         await open_sqlite_store(None, durability="process")
 
 
+async def test_one_store_at_a_time_on_a_data_directory(tmp_path: Path,
+                                                        keyring: KeyRing) -> None:
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    await store.create(make_meta("s"), b"s0")
+    try:
+        for durability in ("process", "power"):
+            with pytest.raises(StoreError, match=f"^the data directory {tmp_path} is in use "
+                                                 f"by nexusd pid {os.getpid()}$"):
+                await open_sqlite_store(tmp_path, durability=durability, keyring=keyring)
+        assert await store.count() == 1  # the refused opens changed nothing
+        # An in-memory database has no directory to share.
+        await (await open_sqlite_store(None, durability="none")).aclose()
+    finally:
+        await store.aclose()
+    # Closed, the lock is free: the next store opens.
+    store = await open_sqlite_store(tmp_path, keyring=keyring)
+    assert await store.count() == 1
+    await store.aclose()
+
+
 async def test_data_dir_is_created_private(tmp_path: Path) -> None:
     data_dir = tmp_path / "deep" / "data"
     store = await open_sqlite_store(data_dir)
@@ -105,8 +123,8 @@ async def test_data_dir_is_created_private(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent("""
     import sys, trio
     from pathlib import Path
-    from nexusd._sqlite_store import open_sqlite_store
-    from nexusd._store import SessionMeta, StoredEvent
+    from nexusd.store._sqlite import open_sqlite_store
+    from nexusd.store._interface import SessionMeta, StoredEvent
 
     async def main():
         store = await open_sqlite_store(Path(sys.argv[1]), durability=sys.argv[2])
@@ -213,7 +231,7 @@ async def test_appends_from_tasks_runnable_together_share_a_commit(
 async def test_a_queue_longer_than_a_batch_is_served_batch_by_batch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen_clock: MockClock) -> None:
     # Each leader commits one batch and hands the lead to the next caller.
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", 4)
+    monkeypatch.setattr(_writer, "_MAX_BATCH", 4)
     store = await open_sqlite_store(tmp_path, durability="process")
     async with store:
         await store.create(make_meta("s"), b"")
@@ -234,7 +252,7 @@ async def test_the_wal_is_checkpointed_outside_the_writer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # At "process" the writer never checkpoints (it would wait on the disk in
     # trio's thread): a thread of its own copies the WAL into the database.
-    monkeypatch.setattr(_sqlite_writer, "_CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(_checkpoint, "_CHECKPOINT_EVERY", 5)
     store = await open_sqlite_store(tmp_path, durability="process")
     async with store:
         assert store._writer._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
@@ -252,6 +270,61 @@ async def test_the_wal_is_checkpointed_outside_the_writer(
             while not checkpointer.checkpoints:  # noqa: ASYNC110 - set by a thread
                 await trio.sleep(0.01)
         assert backfilled()
+
+
+async def test_a_lone_write_commits_in_trios_thread_a_storm_in_a_worker(
+        tmp_path: Path, frozen_clock: MockClock) -> None:
+    # A lone write keeps its fast path (no hand-off to a thread); a batch of
+    # hundreds of snapshots (sessions hibernating together) would hold the
+    # event loop for tens of ms, and commits in a worker thread instead.
+    store = await open_sqlite_store(tmp_path, durability="process")
+    threads: list[int] = []
+
+    def write(conn: sqlite3.Connection) -> None:
+        threads.append(threading.get_ident())
+
+    async with store:
+        writer = store._writer
+        await writer.submit("raw", write)
+        assert threads == [threading.get_ident()]
+        threads.clear()
+        async with trio.open_nursery() as nursery, writer_paused(store):
+            for _ in range(_writer._INLINE_BATCH + 1):
+                nursery.start_soon(writer.submit, "snapshot", write)
+            await wait_queued(store, _writer._INLINE_BATCH + 1)
+        assert len(threads) == _writer._INLINE_BATCH + 1
+        assert threading.get_ident() not in threads
+        assert store.statistics().largest_batch == _writer._INLINE_BATCH + 1
+        assert writer.threaded_commits == 1  # type: ignore[attr-defined]
+
+
+async def test_a_commit_never_truncates_the_wal_in_trios_thread(tmp_path: Path) -> None:
+    # Shortening a WAL file grown to hundreds of MB by a burst takes the
+    # kernel 100-250 ms: the first commit after a full checkpoint would do it
+    # (journal_size_limit) in trio's thread, stalling the event loop. The
+    # checkpointer's thread brings the WAL back under its limit instead.
+    store = await open_sqlite_store(tmp_path, durability="process", wal_limit=64 << 10)
+    wal = tmp_path / (DB_FILE + "-wal")
+    async with store:
+        checkpointer = store._writer._checkpointer  # type: ignore[attr-defined]
+        checkpointer._wal_limit = 1 << 40  # not yet
+        for i in range(200):
+            await store.create(make_meta(f"s{i:03d}"), b"x" * 2000)
+        grown = wal.stat().st_size
+        assert grown > 10 * (64 << 10)
+        with raw_db(tmp_path) as conn:  # every frame copied: the next commit restarts the WAL
+            _busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert log == done
+        await store.append(make_meta("s000"), events(1, 1))
+        assert wal.stat().st_size == grown
+        checkpointer._wal_limit = 64 << 10
+        with trio.fail_after(10):  # real time: the checkpointer is a thread
+            while not checkpointer.truncations:  # noqa: ASYNC110 - counted by a thread
+                await trio.sleep(0.01)
+        assert wal.stat().st_size <= 64 << 10
+        await store.append(make_meta("s000"), events(2, 2))
+        loaded = await store.load("s000")
+        assert loaded is not None and list(loaded.events) == events(1, 2)
 
 
 def _stored_idle(data: Path, session_id: str) -> float:
@@ -449,7 +522,8 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     row, cipher = new_session_row(keyring, meta, b"old state")
     with raw_db(tmp_path) as conn:
         migrate(conn, target=1)
-        conn.execute(_INSERT_SESSION, row)
+        v1_row = row[:8] + row[9:]  # no idle_lag yet (schema 3)
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)", v1_row)
         conn.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
                      ("old", 1, NOW, cipher.seal("event", 1, b"old change")))
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -458,6 +532,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     try:
         loaded = await store.load("old")
         assert loaded is not None and loaded.snapshot == b"old state"
+        assert loaded.meta.idle_lag == 0.0  # its stored deadline was exact, as before
         assert [e.payload for e in loaded.events] == [b"old change"]
         assert await store.count() == 1  # the v2 counter starts from the existing rows
         await store.create(make_meta("new"), b"")
@@ -466,7 +541,7 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
     finally:
         await store.aclose()
     with raw_db(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path, keyring: KeyRing) -> None:
@@ -534,7 +609,7 @@ async def test_100k_dormant_sessions_cost_the_reaper_nothing(tmp_path: Path,
                                 b"dormant")[0] for i in range(n)]
         with raw_db(tmp_path) as conn:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT_SESSION, rows)
+            conn.executemany(INSERT_SESSION, rows)
             conn.execute("COMMIT")
 
         before = store.statistics()

@@ -11,8 +11,9 @@ import pytest
 import trio
 from store_helpers import events, make_meta
 
-from nexusd._crypto import KeyRing
-from nexusd._sqlite_store import DB_FILE, open_sqlite_store
+from nexusd.store._crypto import KeyRing
+from nexusd.store._schema import DB_FILE
+from nexusd.store._sqlite import open_sqlite_store
 
 LIMIT = 1 << 20
 

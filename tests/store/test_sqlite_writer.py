@@ -23,8 +23,8 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from nexusd import _sqlite_writer
-from nexusd._sqlite_writer import TaskWriter, ThreadWriter, Writer
+from nexusd.store import _writer
+from nexusd.store._writer import TaskWriter, ThreadWriter, Writer
 
 CLIENTS = 4
 AFTER = 100  # the write made once every client has finished
@@ -151,7 +151,7 @@ def test_task_writer_survives_a_cancel_at_every_step(
     # With batches of one, each leader hands the lead over once per client:
     # a cancel that comes between a waiter being woken to lead and its
     # running must not leave the lead with nobody.
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", max_batch)
+    monkeypatch.setattr(_writer, "_MAX_BATCH", max_batch)
     path = tmp_path / "w.db"
     returned, committed, steps = _run_task_writer(path, None)
     assert returned == set(range(CLIENTS)) and committed == returned | {AFTER}
@@ -165,7 +165,7 @@ def test_task_writer_survives_a_cancel_at_every_step(
 def test_task_writer_stops_after_a_cancel_at_every_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # SIGTERM: `stop()` while callers queue and one of them is cancelled.
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", 1)
+    monkeypatch.setattr(_writer, "_MAX_BATCH", 1)
     path = tmp_path / "w.db"
     *_, steps = _run_task_writer(path, None, stop_concurrently=True)
     for step in range(steps):
@@ -179,7 +179,7 @@ def test_a_waiter_handed_the_lead_as_it_is_cancelled_passes_it_on(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The wedge, step by step: the leader commits its batch of one and hands
     # the lead to the next caller, whose cancel (a timeout) came just before.
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", 1)
+    monkeypatch.setattr(_writer, "_MAX_BATCH", 1)
     path = tmp_path / "w.db"
     scopes = [trio.CancelScope() for _ in range(3)]
 
@@ -236,7 +236,7 @@ async def _storm(writer: Writer, rng: random.Random, clients: int) -> set[int]:
 def test_task_writer_cancellation_storm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         seed: int) -> None:
     rng = random.Random(seed)
-    monkeypatch.setattr(_sqlite_writer, "_MAX_BATCH", rng.choice([1, 2, 3, 8]))
+    monkeypatch.setattr(_writer, "_MAX_BATCH", rng.choice([1, 2, 3, 8]))
     path = tmp_path / "w.db"
     clients = 24
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
-from nexusd._sqlite_store import SqliteStore
-from nexusd._store import MemoryStore, SessionMeta, Store
+from nexusd.store import MemoryStore, SessionMeta, SqliteStore, Store, StoreError
 
 
 def _conforms(a: MemoryStore, b: SqliteStore) -> list[Store]:
@@ -95,6 +95,34 @@ async def test_history_keeps_only_the_retention_count(store: Store) -> None:
     assert list(loaded.events) == events(13, 13)
 
 
+async def test_a_snapshot_older_than_the_stored_one_is_refused(store: Store) -> None:
+    # A stale writer (a second daemon on the same data) must never put an old
+    # state over a newer one: the events between them may be gone, and the
+    # journal would no longer replay onto it.
+    await store.create(make_meta("s1"), b"s0")
+    await store.append(make_meta("s1"), events(1, 6))
+    await store.save_snapshot(make_meta("s1"), 4, b"state at 4")
+
+    for stale in (0, 3):
+        with pytest.raises(StoreError, match=f"at seq {stale}, older than .* seq 4"):
+            await store.save_snapshot(make_meta("s1", expires_at=1.0), stale, b"stale")
+
+    loaded = await store.load("s1")
+    assert loaded is not None
+    assert (loaded.snapshot, loaded.snapshot_seq) == (b"state at 4", 4)
+    assert list(loaded.history) == events(1, 4)
+    assert list(loaded.events) == events(5, 6)
+    assert loaded.meta.expires_at == 1000.0  # the metadata was not touched either
+    # The same state again is fine, and so is a later one: the events after
+    # it stay and replay onto it.
+    await store.save_snapshot(make_meta("s1"), 4, b"state at 4 again")
+    await store.save_snapshot(make_meta("s1"), 5, b"state at 5")
+    loaded = await store.load("s1")
+    assert loaded is not None
+    assert (loaded.snapshot, loaded.snapshot_seq) == (b"state at 5", 5)
+    assert list(loaded.events) == events(6, 6)
+
+
 async def test_save_snapshot_of_unknown_session_raises_keyerror(store: Store) -> None:
     with pytest.raises(KeyError):
         await store.save_snapshot(make_meta("ghost"), 1, b"x")
@@ -144,6 +172,25 @@ async def test_due_follows_deadlines_that_move(store: Store) -> None:
     assert await store.next_deadline() == 25.0
 
 
+async def test_a_lagging_idle_deadline_is_kept_and_not_due_before_its_lag(
+        store: Store) -> None:
+    # Metadata stored while an actor has the session: its idle deadline may
+    # lag the session's reads by `idle_lag`, so it is not due before that.
+    lagging = attrs.evolve(make_meta("a", expires_at=100.0, idle_expires_at=20.0), idle_lag=10.0)
+    await store.create(lagging, b"")
+    loaded = await store.load("a")
+    assert loaded is not None and same_meta(loaded.meta, lagging)
+    assert loaded.meta.idle_lag == 10.0
+    assert await store.due(29.9, 10) == []
+    assert await store.next_deadline() == 30.0
+    # Hibernated: the exact deadline, no lag.
+    exact = make_meta("a", expires_at=100.0, idle_expires_at=25.0)
+    await store.save_snapshot(exact, 0, b"")
+    loaded = await store.load("a")
+    assert loaded is not None and loaded.meta.idle_lag == 0.0
+    assert [m.session_id for m in await store.due(25.0, 10)] == ["a"]
+
+
 async def test_next_deadline(store: Store) -> None:
     assert await store.next_deadline() is None
     await store.create(make_meta("a", expires_at=70.0), b"")
@@ -179,3 +226,16 @@ async def test_count(store: Store) -> None:
         await store.create(make_meta(f"s{i}"), b"")
     await store.delete("s3")
     assert await store.count() == 6
+
+
+async def test_keys_only_where_a_key_ring_is_kept(store: Store,
+                                                  request: pytest.FixtureRequest) -> None:
+    # A store encrypting in a data directory has a ring to rotate there; the
+    # others answer None: nothing to reload, nothing to re-wrap.
+    await store.create(make_meta("s1"), b"s0")
+    keys = store.keys
+    if request.node.callspec.params["store"] == "sqlite-process":
+        assert keys is not None
+        assert await keys.rewrap() == 0  # every data key is under the current one
+    else:
+        assert keys is None

@@ -15,8 +15,9 @@ import pytest
 import trio
 from store_helpers import events, files_bytes, make_meta, raw_db
 
-from nexusd import _sqlite_store, _sqlite_writer
-from nexusd._crypto import (
+from nexusd._keys_cli import keys_list, keys_retire, keys_rotate
+from nexusd.store import SqliteStore, StoreError, _checkpoint, open_sqlite_store
+from nexusd.store._crypto import (
     ENV_VAR,
     KEY_FILE,
     IntegrityError,
@@ -27,14 +28,7 @@ from nexusd._crypto import (
     load_keyring,
     new_data_key,
 )
-from nexusd._sqlite_store import (
-    SqliteStore,
-    StoreError,
-    keys_list,
-    keys_retire,
-    keys_rotate,
-    open_sqlite_store,
-)
+from nexusd.store._schema import DB_FILE
 
 SECRET = b"PLAINTEXT-MARKER-7f3a9c"
 TOKEN_HASH = "feedface" * 8  # stored in the clear by design: a control for the grep
@@ -56,11 +50,11 @@ async def test_no_plaintext_in_any_file(sqlite_store: SqliteStore, tmp_path: Pat
                 for name, data in files_bytes(tmp_path).items()}
 
     while_open = leaks()
-    assert while_open[f"{_sqlite_store.DB_FILE}-wal"] == (False, True)
+    assert while_open[f"{DB_FILE}-wal"] == (False, True)
     assert not any(secret for secret, _ in while_open.values()), while_open
     await sqlite_store.aclose()
     after_close = leaks()
-    assert after_close[_sqlite_store.DB_FILE] == (False, True)
+    assert after_close[DB_FILE] == (False, True)
     assert not any(secret for secret, _ in after_close.values()), after_close
 
 
@@ -143,7 +137,7 @@ def test_every_seal_has_its_own_nonce() -> None:
 
 _FORK_SCRIPT = """
 import os, sys
-from nexusd._crypto import SessionCipher, new_data_key
+from nexusd.store._crypto import SessionCipher, new_data_key
 cipher = SessionCipher("s", new_data_key())
 cipher.seal("event", 1, b"x")  # the parent holds a partly used draw
 read, write = os.pipe()
@@ -276,27 +270,27 @@ async def test_delete_shreds_the_data_key(sqlite_store: SqliteStore, tmp_path: P
     await sqlite_store.checkpoint()  # both sessions in the db file, as in a backup
     gone, kept = await _secrets_of(tmp_path, "gone"), await _secrets_of(tmp_path, "kept")
     assert len(gone) == 2 + 15  # key, snapshot, events 6..20 (retention 5 keeps 6..10)
-    assert _found(tmp_path, gone)[_sqlite_store.DB_FILE] == len(gone)
+    assert _found(tmp_path, gone)[DB_FILE] == len(gone)
 
     await sqlite_store.delete("gone")
     await sqlite_store.checkpoint()
 
     found = _found(tmp_path, gone)
     assert sum(found.values()) == 0, found  # in no file: not the db, WAL, nor shm
-    assert _found(tmp_path, kept)[_sqlite_store.DB_FILE] == len(kept)  # the grep works
-    assert (tmp_path / f"{_sqlite_store.DB_FILE}-wal").stat().st_size == 0
+    assert _found(tmp_path, kept)[DB_FILE] == len(kept)  # the grep works
+    assert (tmp_path / f"{DB_FILE}-wal").stat().st_size == 0
 
 
 async def test_the_writer_checkpoints_soon_after_a_delete(
         sqlite_store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_sqlite_writer, "_SHRED_DELAY", 0.05)
+    monkeypatch.setattr(_checkpoint, "SHRED_DELAY", 0.05)
     await sqlite_store.create(make_meta("gone"), b"s0")
     wrapped = (await _secrets_of(tmp_path, "gone"))[0]
-    wal = tmp_path / f"{_sqlite_store.DB_FILE}-wal"
+    wal = tmp_path / f"{DB_FILE}-wal"
     assert wrapped in wal.read_bytes()
 
     await sqlite_store.delete("gone")
-    with trio.fail_after(10):  # real time: the writer thread waits _SHRED_DELAY
+    with trio.fail_after(10):  # real time: the writer thread waits SHRED_DELAY
         while wal.stat().st_size:  # noqa: ASYNC110 - set by a thread, not a trio task
             await trio.sleep(0.01)
     assert sum(_found(tmp_path, [wrapped]).values()) == 0
@@ -362,6 +356,32 @@ async def test_rotate_rewrap_retire(tmp_path: Path) -> None:
     store = await open_sqlite_store(tmp_path)
     try:
         loaded = await store.load("s1")
+        assert loaded is not None and loaded.snapshot == b"s0"
+    finally:
+        await store.aclose()
+
+
+async def test_an_open_store_reloads_a_rotated_ring_through_its_keys(tmp_path: Path) -> None:
+    store = await open_sqlite_store(tmp_path)
+    try:
+        keys = store.keys
+        assert keys is not None
+        old_id = keys.current
+        for i in range(3):
+            await store.create(make_meta(f"s{i}"), b"s0")
+        new_id = keys_rotate(tmp_path, out=io.StringIO())
+        assert keys.current == old_id  # the file changed; the store has not read it yet
+        assert await keys.reload() == new_id
+        assert keys.current == new_id
+        assert await keys.rewrap() == 3
+        assert await keys.rewrap() == 0
+        keys_retire(tmp_path, old_id, out=io.StringIO())  # no session needs it any more
+
+        (tmp_path / KEY_FILE).write_text(KeyRing.generate().to_json())
+        with pytest.raises(StoreError, match="does not match the database"):
+            await keys.reload()
+        assert keys.current == new_id  # a bad ring changes nothing
+        loaded = await store.load("s2")
         assert loaded is not None and loaded.snapshot == b"s0"
     finally:
         await store.aclose()

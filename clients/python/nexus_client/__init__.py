@@ -7,7 +7,8 @@
 * ``nexus``: the command line (`nexus_client._cli.main`), exit codes in `ExitCode`.
 
 Where the daemon is: a Unix socket path, a ``ws://``/``wss://`` URL, or None
-for its default socket (`nexus_protocol.default_socket_path`).
+for the one ``nexus`` uses (`default_target`): ``$NEXUS_SOCKET``, else
+``$NEXUS_URL``, else its default socket (`nexus_protocol.default_socket_path`).
 
 Behaviour worth knowing (details in the docstrings of `_core` and `_watch`):
 

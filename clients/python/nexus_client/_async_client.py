@@ -71,7 +71,8 @@ class AsyncClient(_ClientCore):
 
     Args:
         target: a Unix socket path, a ``ws://`` or ``wss://`` URL, or None for
-            the daemon's default socket.
+            the daemon ``nexus`` would use: $NEXUS_SOCKET, else $NEXUS_URL,
+            else its default socket (`default_target`).
         channel: the channel label this client declares (api, cli, mcp, ...);
             sessions record it in their history and analytics.
         client_name: how the client introduces itself (shown in presence).
@@ -193,7 +194,9 @@ class AsyncClient(_ClientCore):
                              from_channel: str | None = None, reason: str | None = None,
                              context: dict[str, Any] | None = None,
                              token: str | None = None) -> Transition:
-        """Begins a channel transition; finish it with `complete_switch`."""
+        """Begins a channel transition; finish it with `complete_switch`.
+        `from_channel`, if given, must be the session's current channel
+        (`Conflict` otherwise)."""
         tok = self._token(session_id, token)
         reply = await self._request(
             lambda rid: SwitchBegin(id=rid, session_id=session_id, to_channel=to_channel,

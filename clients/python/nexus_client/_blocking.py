@@ -54,7 +54,8 @@ class Nexus:
 
     Args:
         target: Unix socket path, ``ws://``/``wss://`` URL, or None for the
-            daemon's default socket.
+            daemon ``nexus`` would use: $NEXUS_SOCKET, else $NEXUS_URL, else
+            its default socket (`default_target`).
         channel: the channel label of this client (default "api").
         tokens: session id -> token for sessions created elsewhere.
         credentials: where to look up tokens of sessions this object did not
@@ -256,7 +257,8 @@ class Nexus:
                                 to_channel: str,
                                 context: Mapping[str, Any] | None = None) -> str:
         """Begins a transition; returns its transition id. ``context["reason"]``
-        becomes the recorded reason."""
+        becomes the recorded reason. `from_channel`, if not None, must be the
+        session's current channel (`Conflict` otherwise)."""
         self._need_token(session_id)
         ctx = dict(context or {})
         reason = ctx.get("reason")

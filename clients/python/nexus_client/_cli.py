@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     _sessions_args(p)
 
     p = command(commands, "get", _commands.cmd_get,
-                "print a value as JSON (all values as a JSON object without KEY)")
+                "print a value as JSON (all values as a JSON object without KEY); "
+                "a key never written exits 3")
     p.add_argument("session_id", metavar="ID")
     p.add_argument("key", metavar="KEY", nargs="?")
     p.add_argument("--raw", action="store_true", help="print a string value without quotes")
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(commands, "switch", _commands.cmd_switch, "move the session to another channel")
     p.add_argument("session_id", metavar="ID")
     p.add_argument("--to", required=True, metavar="CHANNEL", dest="to_channel")
-    p.add_argument("--from", metavar="CHANNEL", dest="from_channel")
+    p.add_argument("--from", metavar="CHANNEL", dest="from_channel",
+                   help="the session's current channel, checked (another one exits 6)")
     p.add_argument("--reason", metavar="TEXT")
     p.add_argument("--begin-only", action="store_true",
                    help="begin the transition without completing it")
@@ -313,19 +315,8 @@ def resolve_target(args: argparse.Namespace, environ: Mapping[str, str]) -> Targ
     if socket:
         return Target(path=socket)
     if url:
-        return _url_target(url)
-    if environ.get("NEXUS_SOCKET"):
-        return Target(path=environ["NEXUS_SOCKET"])
-    if environ.get("NEXUS_URL"):
-        return _url_target(environ["NEXUS_URL"])
+        return Target.parse_url(url)
     return default_target(environ)
-
-
-def _url_target(url: str) -> Target:
-    target = Target.parse(url)
-    if target.url is None:
-        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
-    return target
 
 
 # ------------------------------------------------------------------------ errors

@@ -17,6 +17,7 @@ from nexus_protocol import Expired, Invalidated
 
 from ._async_client import AsyncClient
 from ._credentials import CredentialStore
+from ._errors import SessionNotFound
 from ._exit_codes import ExitCode
 from ._render import (
     event_to_json,
@@ -129,6 +130,8 @@ async def cmd_get(client: AsyncClient, ctx: Context) -> int:
             ctx.print(to_json(state.values))
         return ExitCode.OK
     entry = await client.get(sid, a.key)
+    if entry.version == 0:  # never written (a key set to null has a version)
+        raise SessionNotFound(f"no key {a.key!r} in the session", session_id=sid)
     if a.entry:
         ctx.print(to_json(entry.to_dict()))
     elif a.raw and isinstance(entry.value, str):

@@ -33,7 +33,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import Final, Self, TypeVar
 
 import attrs
 import trio
@@ -51,11 +51,11 @@ from nexus_protocol import (
     Message,
     RemoteProtocolError,
     Role,
+    SessionEvent,
     Shutdown,
     Side,
     Welcome,
 )
-from nexus_protocol import State as ConnState
 
 from ._backoff import Backoff
 from ._errors import (
@@ -71,6 +71,7 @@ from ._errors import (
     UnsupportedVersion,
     error_from_reply,
 )
+from ._link import _Link, _Pending, _Subscriber
 from ._transport import Target, Transport, open_transport
 
 __all__ = ["DEFAULT_CLIENT_NAME", "ClientStatistics"]
@@ -87,41 +88,6 @@ _FATAL_HANDSHAKE: Final = (Unauthorized, UnsupportedVersion, BadRequest, TooLarg
                            ProtocolError)
 
 _R = TypeVar("_R", bound=Message)
-
-if TYPE_CHECKING:
-    from ._watch import Watch
-
-
-@attrs.define(eq=False)
-class _Pending:
-    """A request waiting for its reply (or for the reason it never comes)."""
-
-    on_reply: Callable[[_Link, Message], None] | None = None
-    done: trio.Event = attrs.Factory(trio.Event)
-    reply: Message | None = None
-    failure: NexusError | None = None
-
-
-@attrs.define(eq=False)
-class _Link:
-    """One established connection and what is in flight on it."""
-
-    conn: Connection
-    transport: Transport
-    welcome: Welcome
-    generation: int
-    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    pending: dict[int, _Pending] = attrs.Factory(dict)
-    send_lock: trio.Lock = attrs.Factory(trio.Lock)
-    draining: bool = False
-    closed: bool = False
-    retry_after: float | None = None
-    # Why the connection ended (or the daemon's announcement that it will).
-    reason: NexusError | None = None
-
-    @property
-    def usable(self) -> bool:
-        return not (self.closed or self.draining) and self.conn.state is ConnState.OPEN
 
 
 @attrs.frozen
@@ -192,7 +158,7 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
         self._limits = limits
         self._link: _Link | None = None
         self._link_changed: trio.Event | None = None
-        self._watches: dict[str, Watch] = {}
+        self._watches: dict[str, _Subscriber] = {}
         self._detaching: dict[str, trio.Event] = {}
         self._failure: NexusError | None = None
         self._entered = False
@@ -424,7 +390,7 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
 
     # ------------------------------------------------------- watch registry
 
-    async def _add_watch(self, watch: Watch) -> None:
+    async def _add_watch(self, watch: _Subscriber) -> None:
         sid = watch.session_id
         detaching = self._detaching.get(sid)
         if detaching is not None:
@@ -437,7 +403,7 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
             raise trio.BusyResourceError(f"session {sid} is already watched by this client")
         self._watches[sid] = watch
 
-    def _remove_watch(self, watch: Watch) -> None:
+    def _remove_watch(self, watch: _Subscriber) -> None:
         if self._watches.get(watch.session_id) is watch:
             del self._watches[watch.session_id]
 
@@ -609,7 +575,8 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
             pending.reply = message
             pending.done.set()
             return
-        watch = self._watches.get(getattr(message, "session_id", ""))
-        if watch is not None:
-            watch._deliver(link, message)
+        if isinstance(message, SessionEvent):
+            watch = self._watches.get(message.session_id)
+            if watch is not None:
+                watch._deliver(link, message)
 

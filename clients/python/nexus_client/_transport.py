@@ -38,10 +38,11 @@ class Target:
     @classmethod
     def parse(cls, target: str | os.PathLike[str] | Target | None) -> Target:
         """`target` as a Target: URLs by their scheme, anything else a path;
-        None is the default socket (see `default_target`).
+        None is `default_target()` ($NEXUS_SOCKET, $NEXUS_URL, the default socket).
 
         Raises:
-            ValueError: an URL scheme other than ws or wss, or an empty string.
+            ValueError: an URL scheme other than ws or wss, or an empty string
+                (also in $NEXUS_URL).
         """
         if isinstance(target, Target):
             return target
@@ -59,6 +60,18 @@ class Target:
             raise ValueError(f"unsupported address {text!r}: use a socket path or ws(s)://")
         return cls(path=text)
 
+    @classmethod
+    def parse_url(cls, url: str) -> Target:
+        """`url`, which must be a ``ws://`` or ``wss://`` URL, as a Target.
+
+        Raises:
+            ValueError: it is not.
+        """
+        target = cls.parse(url)
+        if target.url is None:
+            raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+        return target
+
     @property
     def framing(self) -> Framing:
         return Framing.MESSAGE if self.url is not None else Framing.STREAM
@@ -68,8 +81,18 @@ class Target:
 
 
 def default_target(environ: Mapping[str, str] | None = None) -> Target:
-    """The daemon's default Unix socket (`nexus_protocol.default_socket_path`)."""
+    """The daemon to use when none is named, found as ``nexus`` finds it:
+    ``$NEXUS_SOCKET``, else ``$NEXUS_URL``, else the daemon's default Unix
+    socket (`nexus_protocol.default_socket_path`).
+
+    Raises:
+        ValueError: ``$NEXUS_URL`` is not a ``ws://`` or ``wss://`` URL.
+    """
     env = os.environ if environ is None else environ
+    if env.get("NEXUS_SOCKET"):
+        return Target(path=env["NEXUS_SOCKET"])
+    if env.get("NEXUS_URL"):
+        return Target.parse_url(env["NEXUS_URL"])
     home = env.get("HOME") or str(Path.home())
     return Target(path=str(default_socket_path(env, home)))
 

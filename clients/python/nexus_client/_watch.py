@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -47,10 +47,9 @@ from nexus_protocol import (
     Snapshot,
 )
 
+from ._core import _ClientCore
 from ._errors import ConnectionLost, NexusError
-
-if TYPE_CHECKING:
-    from ._core import _ClientCore, _Link
+from ._link import _Link
 
 __all__ = ["Watch", "WatchStatistics"]
 

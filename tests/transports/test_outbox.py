@@ -7,7 +7,7 @@ import nexus_protocol as p
 import trio
 from nexus_protocol import Connection, Side, encode_body
 
-from nexusd._outbox import Flusher, Outbox
+from nexusd.transports._outbox import Flusher, Outbox
 
 
 def _open_server() -> Connection:
@@ -124,3 +124,29 @@ async def test_without_a_socket_to_write_to_the_writer_task_sends_everything() -
     assert outbox.push_event(_event(1)) and outbox.push_event(_event(2))
     assert not outbox.push_event(_event(3))  # full: the subscriber lags
     assert await outbox.wait_frames() == [_framed(_event(n)) for n in (1, 2)]
+
+
+async def test_events_are_refused_past_the_byte_bound_whatever_their_count() -> None:
+    # A writer of big values and a subscriber that stopped reading: the
+    # queue is bounded by bytes long before it is by frames.
+    outbox = Outbox(_open_server(), max_frames=1024, max_bytes=10_000)
+    big = encode_body(p.Presence(session_id="s", action="join", connection_id="c",
+                                 channel="x" * 3000))
+    taken = [outbox.push_event(big) for _ in range(10)]
+    assert taken == [True, True, True, False, False, False, False, False, False, False]
+    stats = outbox.statistics()
+    assert stats.queued_frames == 3 and stats.events_refused == 7
+    assert 9_000 < stats.queued_bytes <= 10_000
+    assert await outbox.wait_frames()  # the writer took them: room again
+    assert outbox.statistics().queued_bytes == 0
+    assert outbox.push_event(big)
+
+
+async def test_one_event_larger_than_the_byte_bound_still_goes_to_an_empty_queue() -> None:
+    outbox = Outbox(_open_server(), max_frames=8, max_bytes=100)
+    big = encode_body(p.Presence(session_id="s", action="join", connection_id="c",
+                                 channel="x" * 300))
+    assert outbox.push_event(big)  # alone: it must be able to go at all
+    assert not outbox.push_event(big)  # behind another: refused
+    await outbox.wait_frames()
+    assert outbox.push_event(big)

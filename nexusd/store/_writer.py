@@ -1,5 +1,5 @@
 """The SQLite store's writers: group commit, in trio's thread or in a thread
-of its own (see `nexusd._sqlite_store` for what each durability needs).
+of its own (see `nexusd.store._sqlite` for what each durability needs).
 
 Every write request of every session actor goes through one writer, which
 takes all that is queued, runs it in a single transaction (a savepoint per
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import queue
 import sqlite3
 import threading
@@ -23,21 +22,30 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
-from ._store import StoreError
+from . import _checkpoint
+from ._checkpoint import (
+    TRUNCATE_WAIT,
+    Checkpointer,
+    truncate_wal,
+    wal_checkpoint,
+    wal_size,
+)
+from ._interface import StoreError
 
-__all__ = ["Checkpointer", "TaskWriter", "ThreadWriter", "Writer"]
+__all__ = ["TaskWriter", "ThreadWriter", "Writer"]
 
 T = TypeVar("T")
 
-_MAX_BATCH: Final = 1024  # requests per transaction: bounds a commit's latency
-_SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
+# Requests per transaction: bounds a commit's latency and the wake-ups of
+# its callers that one turn of the event loop does.
+_MAX_BATCH: Final = 256
+# Requests a `TaskWriter` commits in trio's own thread; a larger batch (a
+# storm: thousands of sessions hibernating or stopping together) commits in
+# a worker thread, so that the loop goes on meanwhile. 256 snapshots take
+# 10-35 ms of the commit's thread; 16 take about 1-2 ms, and a lone write
+# (the common case, where latency matters) never waits for a thread.
+_INLINE_BATCH: Final = 16
 _GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
-_CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
-_CHECKPOINT_INTERVAL: Final = 1.0  # seconds between checkpoints while anything commits
-# A truncating checkpoint holds up commits while it waits for the readers
-# still using the WAL: it waits this long at most, then tries again later.
-_TRUNCATE_WAIT: Final = 0.1  # seconds
-_TRUNCATE_TIMEOUT: Final = 10.0  # seconds a requested checkpoint keeps trying
 
 
 @attrs.define(eq=False)
@@ -100,8 +108,8 @@ class Writer:
         """Copies the whole WAL into the database file and truncates it.
 
         Raises:
-            StoreError: readers kept the WAL in use for `_TRUNCATE_TIMEOUT`
-                seconds, or the checkpoint failed.
+            StoreError: readers kept the WAL in use for 10 s, or the
+                checkpoint failed.
         """
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -121,6 +129,14 @@ class Writer:
     def _serve(self, batch: list[_Request]) -> None:
         """Commits `batch` and wakes its callers, whatever happens."""
         try:
+            self._commit(batch)
+        finally:
+            self._wake(batch)
+
+    def _commit(self, batch: list[_Request]) -> None:
+        """Commits `batch`: afterwards every request in it is finished (with
+        its value or error), whatever happens. Wakes nobody."""
+        try:
             live = [r for r in batch if not r.abandoned]
             self._transaction([r for r in live if r.kind != "raw"])
             for r in live:
@@ -132,7 +148,6 @@ class Writer:
                     r.value, r.error = None, trio.BrokenResourceError(
                         "the store's writer failed")
                     r.finished = True
-            self._wake(batch)
 
     def _wake_failed(self, batch: list[_Request]) -> None:
         """Fails `batch` untried: the writer itself has failed."""
@@ -226,11 +241,24 @@ class TaskWriter(Writer):
     durability "process" a commit is a write into the WAL file, with no
     fsync, and the WAL is checkpointed by a `Checkpointer` in another thread,
     so that no commit waits on the database file.
+
+    A batch of more than `_INLINE_BATCH` requests commits in a worker thread
+    instead (the leader waits for it, and the callers queued meanwhile form
+    the next batch), and so does any batch while the checkpointer truncates
+    the WAL or is about to (the WAL went over its limit): the event loop
+    never holds still for a storm's commits, nor waits on SQLite's write
+    lock or on the truncation.
     """
 
     def __init__(self, conn: sqlite3.Connection, checkpointer: Checkpointer | None) -> None:
         super().__init__(conn)
         self._checkpointer = checkpointer
+        # Held by each commit, and by the checkpointer while it truncates the
+        # WAL (which takes SQLite's write lock): a commit that cannot have it
+        # at once waits for it in a worker thread, not in trio's.
+        self._truncating = (checkpointer.truncating if checkpointer is not None
+                            else threading.Lock())
+        self.threaded_commits = 0  # batches committed in a worker thread
         self._queue: list[_Request] = []
         self._leading = False
         self._stopping = False
@@ -291,7 +319,7 @@ class TaskWriter(Writer):
         next caller still waiting, if any: a leader serves one batch, so
         that its own caller is never held up by a stream of others.
 
-        Its only await is shielded, so a leader always finishes its batch
+        Its only awaits are shielded, so a leader always finishes its batch
         and its hand-over, whatever happens to its caller.
         """
         try:
@@ -304,7 +332,20 @@ class TaskWriter(Writer):
             del self._queue[:_MAX_BATCH]
             assert batch[0] is mine
             self._busy = len(batch) > 1
-            self._serve(batch)
+            try:
+                due = self._checkpointer is not None and self._checkpointer.due
+                if (len(batch) <= _INLINE_BATCH and not due
+                        and self._truncating.acquire(blocking=False)):
+                    try:
+                        self._commit(batch)
+                    finally:
+                        self._truncating.release()
+                else:
+                    self.threaded_commits += 1
+                    with trio.CancelScope(shield=True):  # taken requests commit
+                        await trio.to_thread.run_sync(self._commit_locked, batch)
+            finally:
+                self._wake(batch)
             self._last_commit = trio.current_time()
         except BaseException as exc:  # a bug: fail every caller, now and later
             self._broken = exc
@@ -314,6 +355,14 @@ class TaskWriter(Writer):
             self._idle.set()
             raise
         self._hand_over()
+
+    def _commit_locked(self, batch: list[_Request]) -> None:
+        """`_commit`, in a worker thread, once the checkpointer lets it (a
+        truncation of the WAL due or under way is over)."""
+        if self._checkpointer is not None:
+            self._checkpointer.wait_truncated()
+        with self._truncating:
+            self._commit(batch)
 
     def _hand_over(self) -> None:
         """Passes the lead to the first caller still waiting, or ends it."""
@@ -334,9 +383,7 @@ class TaskWriter(Writer):
 
     def _committed(self, requests: list[_Request]) -> None:
         if self._checkpointer is not None:
-            deleted = any(r.kind == "delete" for r in requests)
-            if self._checkpointer.committed(deleted=deleted):
-                self._checkpointer.truncate_from(self._conn)
+            self._checkpointer.committed(deleted=any(r.kind == "delete" for r in requests))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -348,198 +395,6 @@ class TaskWriter(Writer):
             await trio.to_thread.run_sync(self._conn.close)
 
 
-def wal_checkpoint(conn: sqlite3.Connection, mode: str, *,
-                   wait: float | None = None) -> bool:
-    """Runs `PRAGMA wal_checkpoint(mode)`; True if it could not finish (a
-    reader or the writer was in the way, or it failed): try again later.
-    `wait` bounds, in seconds, how long it waits for them (the connection's
-    busy timeout otherwise)."""
-    try:
-        if wait is None:
-            return bool(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
-        before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
-        conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
-        try:
-            return bool(conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0])
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {before}")
-    except sqlite3.Error:
-        return True
-
-
-def truncate_wal(conn: sqlite3.Connection) -> None:
-    """Copies the whole WAL into the database file and truncates it to
-    nothing, trying again while readers keep it in use.
-
-    Raises:
-        StoreError: they still did after `_TRUNCATE_TIMEOUT` seconds, or
-            the checkpoint failed.
-    """
-    deadline = time.monotonic() + _TRUNCATE_TIMEOUT
-    while wal_checkpoint(conn, "TRUNCATE", wait=_TRUNCATE_WAIT):
-        if time.monotonic() >= deadline:
-            raise StoreError("could not checkpoint the WAL: it stayed in use "
-                             f"for {_TRUNCATE_TIMEOUT:g} s")
-        time.sleep(_TRUNCATE_WAIT / 10)  # let the writer commit meanwhile
-
-
-def wal_size(wal: Path) -> int:
-    """The size of the WAL file `wal`, 0 if there is none."""
-    try:
-        return os.stat(wal).st_size
-    except FileNotFoundError:
-        return 0
-
-
-class Checkpointer:
-    """Copies the WAL into the database file from a connection and thread of
-    its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
-    every `_CHECKPOINT_EVERY` commits, and every second while there are any.
-
-    A passive checkpoint cannot reset the WAL while readers use it, and under
-    sustained load they always do. So once a commit leaves the WAL file over
-    half of `wal_limit` bytes this thread checkpoints at once, and once over
-    `wal_limit` the writer itself, which holds the write lock between its
-    transactions anyway, copies what is left and truncates the WAL, waiting
-    for the readers still in it `_TRUNCATE_WAIT` at most (and if they were
-    still there, trying again as long after). (From this thread, that would
-    have to win the write lock from a writer that commits back to back, and
-    the thread can lag.) When the writer has gone quiet, this thread
-    truncates the WAL itself. After a delete it truncates too,
-    `_SHRED_DELAY` later, so that a deleted session's pages leave it
-    (crypto-shredding).
-    """
-
-    def __init__(self, conn: sqlite3.Connection, wal: Path, *, wal_limit: int) -> None:
-        self._conn = conn
-        self._wal = wal
-        self._wal_limit = wal_limit
-        self._cond = threading.Condition()
-        # One checkpoint at a time on the connection: SQLite refuses a second
-        # one at once (busy), which would leave a requested truncation undone.
-        self._lock = threading.Lock()
-        self._commits = 0
-        self._shred_at: float | None = None
-        self._filling = False  # a commit found the WAL over half the limit
-        self._retry_at = 0.0  # when to truncate again, after readers were in the way
-        self._stopped = False
-        self.checkpoints = self.truncations = 0
-        self._thread = threading.Thread(target=self._main, name="nexusd-store-checkpointer",
-                                        daemon=True)
-        self._thread.start()
-
-    def committed(self, *, deleted: bool) -> bool:
-        """Called by the writer after each commit; True when the writer should
-        now truncate the WAL with `truncate_from`."""
-        # Counted without the lock: a count lost or doubled by a race with the
-        # thread's reset only moves one checkpoint a little.
-        self._commits += 1
-        # The WAL grows by up to a hundred megabytes a second under load: its
-        # size is checked at every commit (a stat, about 2 µs).
-        size = self.wal_bytes()
-        if size > self._wal_limit and time.monotonic() >= self._retry_at:
-            return True
-        filling = size > self._wal_limit // 2 and not self._filling
-        if (filling or self._commits >= _CHECKPOINT_EVERY
-                or (deleted and self._shred_at is None)):
-            with self._cond:
-                if filling:
-                    self._filling = True
-                if deleted and self._shred_at is None:
-                    self._shred_at = time.monotonic() + _SHRED_DELAY
-                self._cond.notify()
-        return False
-
-    def truncate_from(self, conn: sqlite3.Connection) -> None:
-        """Truncates the WAL from the writer's connection `conn`, between
-        transactions: holds up the writer about twice `_TRUNCATE_WAIT` at
-        most (a checkpoint of this thread's to finish, then readers)."""
-        # A checkpoint of this thread's (SQLite runs one at a time) can take
-        # a while under load (fsyncs): the writer waits for it, up to a
-        # point, rather than let the WAL grow meanwhile.
-        if not self._lock.acquire(timeout=_TRUNCATE_WAIT):
-            return  # at a later commit, then
-        try:
-            self._truncated(conn)
-        finally:
-            self._lock.release()
-
-    def _truncated(self, conn: sqlite3.Connection) -> bool:
-        """Truncates the WAL from `conn`; True if it could not."""
-        start = time.monotonic()
-        busy = self._checkpoint("TRUNCATE", conn)
-        # Busy: readers or another checkpoint were in the way; give the
-        # writer as long as they held it up before trying again.
-        self._retry_at = 2 * time.monotonic() - start if busy else 0.0
-        return busy
-
-    def wal_bytes(self) -> int:
-        return wal_size(self._wal)
-
-    def truncate(self) -> None:
-        """Copies the whole WAL into the database file and truncates it, now
-        (blocking: call it from a worker thread).
-
-        Raises:
-            StoreError: readers kept the WAL in use (see `truncate_wal`), or
-                the checkpointer has stopped.
-        """
-        with self._lock:
-            if self._stopped:
-                raise StoreError("the store is closed")
-            self.checkpoints += 1
-            truncate_wal(self._conn)
-            self.truncations += 1
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    timeout = _CHECKPOINT_INTERVAL
-                    if self._shred_at is not None:
-                        timeout = min(timeout, max(0.0, self._shred_at - time.monotonic()))
-                    if (not self._stopped and not self._filling
-                            and self._commits < _CHECKPOINT_EVERY):
-                        self._cond.wait(timeout)
-                    if self._stopped:
-                        return
-                    commits, self._commits = self._commits, 0
-                    self._filling = False
-                    shred = self._shred_at is not None and time.monotonic() >= self._shred_at
-                # Over the limit with no commit since the last round: the
-                # writer is quiet, and this thread truncates.
-                quiet = not commits and self.wal_bytes() > self._wal_limit
-                with self._lock:
-                    if commits or shred or quiet:
-                        self._checkpoint("PASSIVE")  # most of the copying, holding nobody up
-                    if quiet:
-                        busy = self._truncated(self._conn)
-                    else:
-                        busy = shred and self._checkpoint("TRUNCATE")
-                if shred:
-                    with self._cond:
-                        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
-        finally:
-            with self._lock:
-                self._conn.close()
-
-    def _checkpoint(self, mode: str, conn: sqlite3.Connection | None = None) -> bool:
-        """Runs one checkpoint, from `conn` or this thread's connection; True
-        if it could not finish."""
-        wait = _TRUNCATE_WAIT if mode != "PASSIVE" else None
-        unfinished = wal_checkpoint(conn or self._conn, mode, wait=wait)
-        self.checkpoints += 1
-        if mode == "TRUNCATE" and not unfinished:
-            self.truncations += 1
-        return unfinished
-
-
 _STOP: Final = object()
 
 
@@ -548,9 +403,11 @@ class ThreadWriter(Writer):
     fsyncs, and trio's thread must not wait for the disk. Takes everything
     queued, commits, then wakes the callers in one trip to trio.
 
-    SQLite checkpoints the WAL by itself after commits (passively); once the
-    WAL file `wal` is over `wal_limit` bytes anyway, this writer truncates it
-    as the `Checkpointer` does.
+    SQLite checkpoints the WAL by itself after commits (passively), in this
+    thread; once the WAL file `wal` is over `wal_limit` bytes anyway, this
+    writer truncates it between batches, waiting for readers still in it
+    `TRUNCATE_WAIT` at most (and if they were, committing as long before
+    trying again).
     """
 
     def __init__(self, conn: sqlite3.Connection, wal: Path | None = None, *,
@@ -584,13 +441,11 @@ class ThreadWriter(Writer):
         return self._truncations
 
     def wal_bytes(self) -> int:
-        return 0 if self._wal is None else wal_size(self._wal)
+        return wal_size(self._wal)
 
     async def checkpoint(self) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            self._checkpoints += 1
-            truncate_wal(conn)
-            self._truncations += 1
+            truncate_wal(lambda: self._checkpoint("TRUNCATE", wait=TRUNCATE_WAIT))
         await self.submit("raw", run)
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -650,24 +505,23 @@ class ThreadWriter(Writer):
         self._serve(batch)
         if self._shred_at is not None and time.monotonic() >= self._shred_at:
             self._checkpoint_for_shredding()
-        elif (self._wal is not None and time.monotonic() >= self._retry_at
-              and wal_size(self._wal) > self._wal_limit):
+        elif time.monotonic() >= self._retry_at and self.wal_bytes() > self._wal_limit:
             start = time.monotonic()
-            if self._checkpoint("TRUNCATE", wait=_TRUNCATE_WAIT):
+            if self._checkpoint("TRUNCATE", wait=TRUNCATE_WAIT):
                 # Readers were in the way: commit as long before trying again.
                 self._retry_at = 2 * time.monotonic() - start
         return not stop
 
     def _committed(self, requests: list[_Request]) -> None:
         if self._shred_at is None and any(r.kind == "delete" for r in requests):
-            self._shred_at = time.monotonic() + _SHRED_DELAY
+            self._shred_at = time.monotonic() + _checkpoint.SHRED_DELAY
 
     def _checkpoint_for_shredding(self) -> None:
         # Deleted sessions' pages (their wrapped keys) linger in the WAL until
         # it is checkpointed and truncated. Readers are short, so this rarely
         # waits; if one blocks it, try again shortly.
         unfinished = self._checkpoint("TRUNCATE")
-        self._shred_at = time.monotonic() + _SHRED_DELAY if unfinished else None
+        self._shred_at = time.monotonic() + _checkpoint.SHRED_DELAY if unfinished else None
 
     def _checkpoint(self, mode: str, *, wait: float | None = None) -> bool:
         """Runs one checkpoint; True if it could not finish."""

@@ -2,8 +2,9 @@
 
 Replies are always queued: their number is bounded by the requests a
 connection may have in flight. Events are queued only while the queue holds
-fewer than `max_frames` frames; a refused event means the subscriber is too
-slow, and the session actor drops it (`lagged`) rather than wait for it.
+fewer than `max_frames` frames and has room for them within `max_bytes`; a
+refused event means the subscriber is too slow, and the session actor drops
+it (`lagged`) rather than wait for it.
 
 Where the transport can write without waiting (a Unix socket), queued frames
 go straight to the socket: a session actor holds the `Flusher` while it
@@ -28,6 +29,7 @@ __all__ = ["Flusher", "Outbox", "OutboxStatistics"]
 @attrs.frozen
 class OutboxStatistics:
     queued_frames: int
+    queued_bytes: int
     max_frames: int
     frames_sent: int
     events_refused: int
@@ -71,12 +73,14 @@ class Outbox:
     returns how much that was; with it (and a `flusher`) frames go out
     eagerly, otherwise only through the writer task (`wait_frames`)."""
 
-    def __init__(self, conn: Connection, *, max_frames: int,
+    def __init__(self, conn: Connection, *, max_frames: int, max_bytes: int = 8 << 20,
                  send_now: Callable[[bytes], int] | None = None,
                  flusher: Flusher | None = None) -> None:
         self.conn = conn
         self.max_frames = max_frames
+        self.max_bytes = max_bytes
         self._frames: deque[bytes] = deque()
+        self._bytes = 0  # in `_frames`
         self._lot = trio.lowlevel.ParkingLot()  # the writer waits here
         self._replied = trio.lowlevel.ParkingLot()  # the reader waits here
         self._closed = False
@@ -92,7 +96,7 @@ class Outbox:
         return self._closed
 
     def statistics(self) -> OutboxStatistics:
-        return OutboxStatistics(len(self._frames), self.max_frames, self._sent,
+        return OutboxStatistics(len(self._frames), self._bytes, self.max_frames, self._sent,
                                 self._refused, self._closed)
 
     def reply(self, message: Message) -> None:
@@ -112,6 +116,7 @@ class Outbox:
                 message=f"the answer would exceed the frame limit of "
                         f"{self.conn.limits.max_frame} bytes; ask for less (one key)"))
         self._frames.append(frame)
+        self._bytes += len(frame)
         self._wake()
         if self._replied:
             self._replied.unpark_all()
@@ -123,20 +128,26 @@ class Outbox:
         snapshot or replayed changes) regardless of the bound."""
         if self._closed:
             return
-        self._frames.append(self.conn.send_encoded(body))
+        frame = self.conn.send_encoded(body)
+        self._frames.append(frame)
+        self._bytes += len(frame)
         self._wake()
 
     def push_event(self, body: bytes) -> bool:
-        """Queues an encoded event; False if the queue is full or closed."""
+        """Queues an encoded event; False if the queue is full (by frames or
+        bytes) or closed."""
         if self._closed:
             return False
-        if len(self._frames) >= self.max_frames:
+        if len(self._frames) >= self.max_frames or (
+                self._bytes + len(body) > self.max_bytes and self._frames):
             self._refused += 1
             return False
         try:
-            self._frames.append(self.conn.send_encoded(body))
+            frame = self.conn.send_encoded(body)
         except LocalProtocolError:
             return False
+        self._frames.append(frame)
+        self._bytes += len(frame)
         self._wake()
         return True
 
@@ -157,6 +168,7 @@ class Outbox:
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         self._sent += len(frames)
         frames.clear()
+        self._bytes = 0
         try:
             written = self._send_now(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -166,6 +178,7 @@ class Outbox:
             return
         if written < len(data):
             frames.append(data[written:])
+            self._bytes = len(data) - written
             self._sent -= 1  # counted again when the writer sends it
             if self._lot:
                 self._lot.unpark_all()
@@ -202,6 +215,7 @@ class Outbox:
             await self._lot.park()
         frames = list(self._frames)
         self._frames.clear()
+        self._bytes = 0
         self._sent += len(frames)
         self._sending = True
         return frames

@@ -435,7 +435,7 @@ def add_master_key(data_dir: Path, *, environ: Mapping[str, str] | None = None) 
 def remove_master_key(data_dir: Path, key_id: str, *,
                       environ: Mapping[str, str] | None = None) -> KeyRing:
     """Removes `key_id` from the key file. Whether data still needs it is the
-    caller's question (see `nexusd._sqlite_store.keys_retire`).
+    caller's question (see `nexusd._keys_cli.keys_retire`).
 
     Raises:
         KeyRingError: no key file, no such key, or it is the current key.

@@ -1,4 +1,4 @@
-"""The store interface, and the in-memory store.
+"""The store interface: what the daemon needs of a store.
 
 The session actor awaits the store before it acknowledges a write or fans it
 out, so whatever a store's `append` has returned from is what "acknowledged"
@@ -8,29 +8,59 @@ queries), the latest snapshot of its state, and the change events after it.
 Event payloads are the encoded `change` bodies exactly as subscribers receive
 them; a snapshot is an opaque msgpack document of the session state. A store
 never needs to understand either.
+
+What only some stores can do is an optional capability with a neutral answer
+for the others: `Store.keys` is the master key ring of a store that encrypts
+at rest in a data directory, and None for a store that keeps no keys there.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 
 __all__ = [
+    "IDLE_LAG",
+    "KeyManagement",
     "LoadedSession",
-    "MemoryStore",
     "SessionMeta",
     "Store",
     "StoreError",
     "StoredEvent",
+    "check_snapshot_seq",
 ]
+
+
+#: The most by which an active session's stored idle deadline may lag its
+#: activity, in seconds. The actor stores the metadata of a session in use
+#: only once its activity has moved that far past what the store knows
+#: (a write's event carries its time anyway), so that reads cost no commit;
+#: the stored `SessionMeta.idle_lag` says so, and a session recovered after a
+#: crash is given that much more idle time rather than expired early.
+IDLE_LAG: Final = 10.0
 
 
 class StoreError(Exception):
     """The store cannot do what was asked: it cannot be opened, does not
     match its keys, or the disk failed a commit."""
+
+
+def check_snapshot_seq(session_id: str, seq: int, stored: int) -> None:
+    """Refuses a snapshot at `seq` over one stored at the later seq `stored`.
+
+    An older snapshot would lose changes: the events between the two may
+    have left the journal, so they could not replay onto it. (A snapshot at
+    or after the stored one is consistent: events after it stay and replay.)
+
+    Raises:
+        StoreError: `seq` is below `stored`.
+    """
+    if seq < stored:
+        raise StoreError(f"session {session_id}: refusing a snapshot at seq {seq}, older "
+                         f"than the stored one at seq {stored} (written by another daemon "
+                         "on the same data?)")
 
 
 @attrs.frozen
@@ -48,20 +78,25 @@ class SessionMeta:
     idle_timeout: float | None
     idle_expires_at: float | None
     tokens: dict[str, str] = attrs.field(factory=dict, eq=False)
+    #: How much later than `idle_expires_at` the session may really be idle:
+    #: IDLE_LAG while an actor has it (its activity is stored lazily), 0 for
+    #: the exact deadline it stores as it hibernates.
+    idle_lag: float = 0.0
 
     @property
     def deadline(self) -> float:
-        """The earlier of the absolute and the idle deadline."""
+        """The earlier of the absolute and the idle deadline (with its lag):
+        the session is not due before it."""
         if self.idle_expires_at is None:
             return self.expires_at
-        return min(self.expires_at, self.idle_expires_at)
+        return min(self.expires_at, self.idle_expires_at + self.idle_lag)
 
     def expiry_reason(self, now: float) -> str | None:
         """"ttl" or "idle" if the session is past a deadline at `now`, else None."""
         now += 1e-6  # as SessionState.expiry_reason: tolerate float rounding
         if now >= self.expires_at:
             return "ttl"
-        if self.idle_expires_at is not None and now >= self.idle_expires_at:
+        if self.idle_expires_at is not None and now >= self.idle_expires_at + self.idle_lag:
             return "idle"
         return None
 
@@ -91,8 +126,38 @@ class LoadedSession:
     history: Sequence[StoredEvent] = ()
 
 
+class KeyManagement(Protocol):
+    """The master keys of a store that encrypts at rest: what a daemon does
+    when `nexusd keys rotate` has changed the key ring under it."""
+
+    @property
+    def current(self) -> str:
+        """The id of the master key that new data keys are wrapped under."""
+
+    async def reload(self) -> str:
+        """Reads the key ring again from where the store first read it, checks
+        it against the stored data, and makes it the store's. Returns the id
+        of its current master key.
+
+        Raises:
+            KeyRingError: the key ring cannot be read, or is malformed.
+            StoreError: the ring lacks a key the data needs, or does not match
+                the data; the store keeps the ring it had.
+        """
+
+    async def rewrap(self) -> int:
+        """Re-wraps every session's data key that is not under the current
+        master key, in batches between other writes, and returns how many it
+        re-wrapped. Snapshots and events are never rewritten."""
+
+
 class Store(Protocol):
     """What the daemon needs of a store. Every method may block on I/O."""
+
+    @property
+    def keys(self) -> KeyManagement | None:
+        """The store's master key ring, or None if it keeps none that could
+        be rotated (nothing to reload, nothing to re-wrap)."""
 
     async def create(self, meta: SessionMeta, snapshot: bytes) -> None:
         """Records a new session with its initial state at seq 0."""
@@ -109,7 +174,12 @@ class Store(Protocol):
 
     async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
         """Stores the state as of `seq`; events up to `seq` become history,
-        kept as far as the retention window allows."""
+        kept as far as the retention window allows.
+
+        Raises:
+            KeyError: the session is not in the store.
+            StoreError: the store holds a later snapshot; nothing is changed.
+        """
 
     async def delete(self, session_id: str) -> None:
         """Removes the session and makes its data unrecoverable."""
@@ -129,87 +199,3 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Flushes and releases everything."""
-
-
-@attrs.define
-class _Record:
-    meta: SessionMeta
-    snapshot: bytes
-    snapshot_seq: int
-    events: list[StoredEvent]  # every event after snapshot_seq
-    history: list[StoredEvent]  # retained events up to snapshot_seq
-
-
-class MemoryStore:
-    """A store that keeps everything in this process: nothing survives it.
-
-    Args:
-        retention: events kept per session for resume after a snapshot.
-    """
-
-    def __init__(self, *, retention: int = 1000) -> None:
-        self.retention = retention
-        self._records: dict[str, _Record] = {}
-        # Sorted (deadline, session_id): the deadline index.
-        self._deadlines: list[tuple[float, str]] = []
-        self._ids: list[str] = []  # sorted, for list_sessions
-
-    def _index(self, meta: SessionMeta, old: SessionMeta | None) -> None:
-        if old is not None:
-            i = bisect.bisect_left(self._deadlines, (old.deadline, old.session_id))
-            del self._deadlines[i]
-        bisect.insort(self._deadlines, (meta.deadline, meta.session_id))
-
-    async def create(self, meta: SessionMeta, snapshot: bytes) -> None:
-        if meta.session_id in self._records:
-            raise KeyError(f"session {meta.session_id} exists")
-        self._records[meta.session_id] = _Record(meta, snapshot, 0, [], [])
-        self._index(meta, None)
-        bisect.insort(self._ids, meta.session_id)
-
-    async def load(self, session_id: str) -> LoadedSession | None:
-        r = self._records.get(session_id)
-        if r is None:
-            return None
-        return LoadedSession(r.meta, r.snapshot, r.snapshot_seq, list(r.events),
-                             list(r.history))
-
-    async def append(self, meta: SessionMeta, events: Sequence[StoredEvent]) -> None:
-        r = self._records[meta.session_id]
-        r.events.extend(events)
-        self._index(meta, r.meta)
-        r.meta = meta
-
-    async def save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes) -> None:
-        r = self._records[meta.session_id]
-        done = [e for e in r.events if e.seq <= seq]
-        r.events = [e for e in r.events if e.seq > seq]
-        r.history = (r.history + done)[-self.retention:]
-        r.snapshot, r.snapshot_seq = snapshot, seq
-        self._index(meta, r.meta)
-        r.meta = meta
-
-    async def delete(self, session_id: str) -> None:
-        r = self._records.pop(session_id, None)
-        if r is None:
-            return
-        i = bisect.bisect_left(self._deadlines, (r.meta.deadline, session_id))
-        del self._deadlines[i]
-        del self._ids[bisect.bisect_left(self._ids, session_id)]
-
-    async def due(self, now: float, limit: int) -> list[SessionMeta]:
-        end = bisect.bisect_right(self._deadlines, (now, "\U0010ffff"))
-        return [self._records[sid].meta for _, sid in self._deadlines[:min(end, limit)]]
-
-    async def next_deadline(self) -> float | None:
-        return self._deadlines[0][0] if self._deadlines else None
-
-    async def list_sessions(self, after: str | None, limit: int) -> list[SessionMeta]:
-        start = 0 if after is None else bisect.bisect_right(self._ids, after)
-        return [self._records[sid].meta for sid in self._ids[start:start + limit]]
-
-    async def count(self) -> int:
-        return len(self._records)
-
-    async def aclose(self) -> None:
-        pass

@@ -14,10 +14,18 @@ acknowledged survives:
   the database file.
 - "power": synchronous=FULL. Each group commit also fsyncs the WAL, in a
   writer thread of its own.
-- "memory": an in-memory database, nothing on disk; for tests and demos.
+- "none": an in-memory SQLite database, nothing on disk; for tests and
+  benchmarks. It is no daemon setting: the daemon's durability "memory" is
+  `MemoryStore` (see `nexusd.store.open_store`, which chooses the engine).
+
+One daemon at a time: the store holds an exclusive `flock` on
+``nexusd.lock`` in the data directory for as long as it is open (the file
+names the holder's pid). The OS drops the lock when the process dies, however
+it dies, so a `kill -9` never leaves the directory stuck; a second store (a
+second daemon) on the same directory refuses to open (see `_lock`).
 
 Snapshots and event payloads are sealed with per-session data keys (see
-`nexusd._crypto`); metadata the reaper needs (deadlines, token hashes) stays
+`nexusd.store._crypto`); metadata the reaper needs (deadlines, token hashes) stays
 in the clear so that it can be indexed. `delete` crypto-shreds: the wrapped
 data key and the rows are removed in one transaction with
 ``PRAGMA secure_delete=ON``, and a WAL checkpoint follows soon after so the old
@@ -30,51 +38,56 @@ import collections
 import functools
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
-import msgpack
 import trio
 
-from ._crypto import (
-    KeyRing,
-    KeyRingError,
-    SessionCipher,
-    add_master_key,
-    describe,
-    load_keyring,
-    new_data_key,
-    remove_master_key,
+from ._checkpoint import Checkpointer
+from ._crypto import KeyRing, SessionCipher, load_keyring
+from ._interface import (
+    IDLE_LAG,
+    KeyManagement,
+    LoadedSession,
+    SessionMeta,
+    StoredEvent,
+    StoreError,
+    check_snapshot_seq,
 )
-from ._sqlite_writer import Checkpointer, TaskWriter, ThreadWriter, Writer
-from ._store import LoadedSession, SessionMeta, StoredEvent, StoreError
+from ._lock import lock_data_dir
+from ._schema import (
+    BUSY_TIMEOUT_MS,
+    DB_FILE,
+    DUE_SQL,
+    INSERT_EVENT,
+    INSERT_SESSION,
+    META_COLUMNS,
+    NEXT_DEADLINE_SQL,
+    UPDATE_META,
+    check_keys,
+    fixed_meta,
+    meta_from_row,
+    meta_params,
+    migrate,
+    new_session_row,
+)
+from ._writer import TaskWriter, ThreadWriter, Writer
 
 __all__ = [
-    "DB_FILE",
     "DURABILITIES",
     "SqliteStore",
-    "StoreError",
     "StoreStatistics",
-    "keys_list",
-    "keys_retire",
-    "keys_rotate",
     "open_sqlite_store",
 ]
 
 T = TypeVar("T")
 
-DB_FILE: Final = "nexusd.db"
-DURABILITIES: Final = ("memory", "process", "power")
-_APPLICATION_ID: Final = 0x6E657864  # "nexd": marks the file as ours
-_BUSY_TIMEOUT_MS: Final = 10_000
+#: SQLite's durabilities ("none": an in-memory database; see above).
+DURABILITIES: Final = ("none", "process", "power")
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
-# An append refreshes the stored idle deadline only once it lags by this
-# much: the journal's timestamps say the rest (see `SqliteStore.append`).
-_IDLE_LAG: Final = 10.0
 
 
 @attrs.frozen
@@ -110,188 +123,12 @@ class StoreStatistics:
     wal_truncations: int
 
 
-# -- schema -----------------------------------------------------------------
-
-def _schema_1(conn: sqlite3.Connection) -> None:
-    # Sessions: a rowid table, since snapshots can be large. The deadline index
-    # carries the id so that due() reads it in (deadline, id) order without a sort.
-    conn.execute("""
-        CREATE TABLE sessions (
-            id TEXT PRIMARY KEY,
-            token_hashes BLOB NOT NULL,
-            created_at REAL NOT NULL,
-            ttl REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            idle_timeout REAL,
-            idle_expires_at REAL,
-            deadline REAL NOT NULL,
-            key_id TEXT NOT NULL,
-            wrapped_key BLOB NOT NULL,
-            snapshot BLOB NOT NULL,
-            snapshot_seq INTEGER NOT NULL
-        )""")
-    conn.execute("CREATE INDEX sessions_by_deadline ON sessions (deadline, id)")
-    # Events clustered by (session, seq): activation reads one contiguous range.
-    conn.execute("""
-        CREATE TABLE events (
-            session_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            ts REAL NOT NULL,
-            payload BLOB NOT NULL,
-            PRIMARY KEY (session_id, seq)
-        ) WITHOUT ROWID""")
-
-
-def _schema_2(conn: sqlite3.Connection) -> None:
-    # Key rotation: a check value per master key, sessions findable by key, and
-    # a session count kept by triggers (count(*) would walk a whole index).
-    conn.execute("""
-        CREATE TABLE master_keys (key_id TEXT PRIMARY KEY, check_value BLOB NOT NULL)""")
-    conn.execute("CREATE INDEX sessions_by_key ON sessions (key_id)")
-    conn.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-    conn.execute("INSERT INTO counters SELECT 'sessions', count(*) FROM sessions")
-    conn.execute("""
-        CREATE TRIGGER sessions_counted_in AFTER INSERT ON sessions BEGIN
-            UPDATE counters SET value = value + 1 WHERE name = 'sessions';
-        END""")
-    conn.execute("""
-        CREATE TRIGGER sessions_counted_out AFTER DELETE ON sessions BEGIN
-            UPDATE counters SET value = value - 1 WHERE name = 'sessions';
-        END""")
-
-
-#: Migration i brings a database from user_version i to i + 1. Append only.
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_schema_1, _schema_2)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-
-def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> None:
-    """Brings the database at `conn` (in autocommit mode) up to version `target`,
-    one transaction per migration.
-
-    Raises:
-        StoreError: the file is not a nexusd database, or a newer nexusd wrote it.
-    """
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app_id not in (0, _APPLICATION_ID):
-        raise StoreError("the database file is not a nexusd store")
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"the database has schema version {version}, newer than this "
-                         f"nexusd supports ({SCHEMA_VERSION}); upgrade nexusd")
-    for v in range(version, target):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[v](conn)
-            conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {v + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-
-# -- rows -------------------------------------------------------------------
-
-_META_COLUMNS: Final = ("token_hashes, created_at, ttl, expires_at, idle_timeout, "
-                        "idle_expires_at, deadline")
-_SET_META: Final = ", ".join(f"{c} = ?" for c in _META_COLUMNS.split(", "))
-_UPDATE_META: Final = f"UPDATE sessions SET {_SET_META} WHERE id = ?"
-_INSERT_EVENT: Final = "INSERT INTO events VALUES (?, ?, ?, ?)"
-_INSERT_SESSION: Final = (f"INSERT INTO sessions (id, {_META_COLUMNS}, key_id, wrapped_key, "
-                          "snapshot, snapshot_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")
-# The reaper's queries. Both are answered from the deadline index alone.
-DUE_SQL: Final = (f"SELECT id, {_META_COLUMNS} FROM sessions WHERE deadline <= ? "
-                  "ORDER BY deadline, id LIMIT ?")
-NEXT_DEADLINE_SQL: Final = "SELECT min(deadline) FROM sessions"
-
-
-def _meta_params(meta: SessionMeta) -> tuple[Any, ...]:
-    return (msgpack.packb(meta.tokens), meta.created_at, meta.ttl, meta.expires_at,
-            meta.idle_timeout, meta.idle_expires_at, meta.deadline)
-
-
-def _fixed_meta(meta: SessionMeta) -> tuple[Any, ...]:
-    """A session's metadata but for its idle deadline, for comparing."""
-    return (meta.tokens, meta.created_at, meta.ttl, meta.expires_at, meta.idle_timeout)
-
-
-def _meta_from_row(row: Sequence[Any]) -> SessionMeta:
-    sid, tokens, created_at, ttl, expires_at, idle_timeout, idle_expires_at = row[:7]
-    return SessionMeta(session_id=sid, created_at=created_at, ttl=ttl, expires_at=expires_at,
-                       idle_timeout=idle_timeout, idle_expires_at=idle_expires_at,
-                       tokens=msgpack.unpackb(tokens))
-
-
-def new_session_row(keyring: KeyRing, meta: SessionMeta,
-                    snapshot: bytes) -> tuple[tuple[Any, ...], SessionCipher]:
-    """The parameters of `_INSERT_SESSION` for a new session with a fresh data
-    key, and its cipher. (Benchmarks use it to bulk-load sessions.)"""
-    data_key = new_data_key()
-    key_id, wrapped = keyring.wrap(meta.session_id, data_key)
-    cipher = SessionCipher(meta.session_id, data_key)
-    row = (meta.session_id, *_meta_params(meta), key_id, wrapped,
-           cipher.seal("snapshot", 0, snapshot))
-    return row, cipher
-
-
-def _distinct_key_ids(conn: sqlite3.Connection) -> list[str]:
-    # A skip-scan of the key index: one seek per distinct key, not per session.
-    ids: list[str] = []
-    row = conn.execute("SELECT min(key_id) FROM sessions").fetchone()
-    while row[0] is not None:
-        ids.append(row[0])
-        row = conn.execute("SELECT min(key_id) FROM sessions WHERE key_id > ?",
-                           (row[0],)).fetchone()
-    return ids
-
-
-def _check_keys(conn: sqlite3.Connection, keyring: KeyRing) -> None:
-    """Proves at open that `keyring` holds every master key the data needs.
-
-    Raises:
-        StoreError: a key does not match, or the data needs a key the ring lacks.
-    """
-    hint = ("the key file (or $NEXUSD_MASTER_KEYS) is not the one this database was "
-            "written with; restore the right one")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        checks = dict(conn.execute("SELECT key_id, check_value FROM master_keys"))
-        for key_id in _distinct_key_ids(conn):
-            if key_id not in keyring:
-                n = conn.execute("SELECT count(*) FROM sessions WHERE key_id = ?",
-                                 (key_id,)).fetchone()[0]
-                raise StoreError(f"master key {key_id} does not match the database: "
-                                 f"{n} sessions need it and the key ring lacks it; {hint}")
-            if key_id not in checks:
-                # No check value yet (a database from before schema 2): verify
-                # the key on one session it wrapped.
-                sid, wrapped = conn.execute("SELECT id, wrapped_key FROM sessions "
-                                            "WHERE key_id = ? LIMIT 1", (key_id,)).fetchone()
-                try:
-                    keyring.unwrap(sid, key_id, wrapped)
-                except Exception:
-                    raise StoreError(f"master key {key_id} does not match the database; "
-                                     f"{hint}") from None
-        for key_id, value in checks.items():
-            if key_id in keyring and not keyring.verify_check_value(key_id, value):
-                raise StoreError(f"master key {key_id} does not match the database; {hint}")
-            if key_id not in keyring:  # retired, and (see above) no session needs it
-                conn.execute("DELETE FROM master_keys WHERE key_id = ?", (key_id,))
-        conn.executemany("INSERT INTO master_keys VALUES (?, ?)",
-                         [(k, keyring.check_value(k)) for k in keyring.ids if k not in checks])
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def _connect(target: str, durability: str, *, wal_limit: int = 64 << 20,
              uri: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                           timeout=_BUSY_TIMEOUT_MS / 1000, uri=uri)
+                           timeout=BUSY_TIMEOUT_MS / 1000, uri=uri)
     try:
-        if durability == "memory":
+        if durability == "none":
             conn.execute("PRAGMA journal_mode = MEMORY")
             conn.execute("PRAGMA synchronous = OFF")
         else:
@@ -301,7 +138,8 @@ def _connect(target: str, durability: str, *, wal_limit: int = 64 << 20,
             level = "FULL" if durability == "power" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {level}")
             # A WAL that grew past this while readers kept it from resetting
-            # is cut back to it at its next reset.
+            # is cut back to it at its next reset (never by a connection that
+            # commits in trio's thread: see `open_sqlite_store`).
             conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit)}")
         conn.execute("PRAGMA secure_delete = ON")
     except BaseException:
@@ -325,8 +163,11 @@ class SqliteStore:
 
     def __init__(self, writer: Writer, readers: list[sqlite3.Connection], *,
                  keyring: KeyRing, retention_events: int, retention_seconds: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], data_dir: Path | None = None,
+                 lock: int | None = None) -> None:
         self.keyring = keyring
+        self._data_dir = data_dir
+        self._lock = lock  # the data directory's lock (`lock_data_dir`), held until aclose
         self.retention_events = retention_events
         self.retention_seconds = retention_seconds
         self._clock = clock
@@ -353,6 +194,13 @@ class SqliteStore:
                                queued=w.queued, reads=self._reads,
                                sessions_read=self._sessions_read, wal_bytes=w.wal_bytes(),
                                checkpoints=w.checkpoints, wal_truncations=w.truncations)
+
+    @property
+    def keys(self) -> KeyManagement | None:
+        """The key ring, reloaded from the data directory (or
+        $NEXUSD_MASTER_KEYS) after a rotation; None for an in-memory database,
+        whose throwaway ring nobody can rotate."""
+        return None if self._data_dir is None else _SqliteKeys(self, self._data_dir)
 
     async def __aenter__(self) -> SqliteStore:
         return self
@@ -417,7 +265,7 @@ class SqliteStore:
                              "that it reads the current key ring")
         row, cipher = new_session_row(self.keyring, meta, snapshot)
         try:
-            conn.execute(_INSERT_SESSION, row)
+            conn.execute(INSERT_SESSION, row)
         except sqlite3.IntegrityError:
             raise KeyError(f"session {meta.session_id} exists") from None
         self._remember_meta(meta)
@@ -426,7 +274,7 @@ class SqliteStore:
     async def append(self, meta: SessionMeta, events: Sequence[StoredEvent]) -> None:
         """Journals `events` and updates the metadata row; returns once committed.
 
-        When only the idle deadline has moved, and by less than `_IDLE_LAG`
+        When only the idle deadline has moved, and by less than `IDLE_LAG`
         seconds since it was stored, the row is left as it is: the events'
         timestamps carry that activity, and the stored deadline is one the
         reaper checks against the journal before acting on it. An append
@@ -447,10 +295,10 @@ class SqliteStore:
         try:
             if len(events) == 1:
                 e = events[0]
-                conn.execute(_INSERT_EVENT, (sid, e.seq, e.ts,
+                conn.execute(INSERT_EVENT, (sid, e.seq, e.ts,
                                              cipher.seal("event", e.seq, e.payload)))
             else:
-                conn.executemany(_INSERT_EVENT,
+                conn.executemany(INSERT_EVENT,
                                  [(sid, e.seq, e.ts, cipher.seal("event", e.seq, e.payload))
                                   for e in events])
         except sqlite3.IntegrityError:
@@ -460,15 +308,15 @@ class SqliteStore:
 
     def _meta_outdated(self, meta: SessionMeta) -> bool:
         stored = self._stored.get(meta.session_id)
-        if stored is None or stored[0] != _fixed_meta(meta):
+        if stored is None or stored[0] != fixed_meta(meta):
             return True
         idle, stored_idle = meta.idle_expires_at, stored[1]
         if idle == stored_idle:
             return False
-        return idle is None or stored_idle is None or not 0 < idle - stored_idle < _IDLE_LAG
+        return idle is None or stored_idle is None or not 0 < idle - stored_idle < IDLE_LAG
 
     def _update_meta(self, conn: sqlite3.Connection, meta: SessionMeta) -> None:
-        cur = conn.execute(_UPDATE_META, (*_meta_params(meta), meta.session_id))
+        cur = conn.execute(UPDATE_META, (*meta_params(meta), meta.session_id))
         if cur.rowcount == 0:
             raise KeyError(f"session {meta.session_id} is not in the store")
         self._remember_meta(meta)
@@ -477,7 +325,7 @@ class SqliteStore:
         """Notes what the row holds now (the writer forgets it all on any
         failure, as the transaction may not have kept it)."""
         sid = meta.session_id
-        fixed = (dict(meta.tokens), *_fixed_meta(meta)[1:])  # a copy: grants change it
+        fixed = (dict(meta.tokens), *fixed_meta(meta)[1:])  # a copy: grants change it
         self._stored[sid] = (fixed, meta.idle_expires_at)
         self._stored.move_to_end(sid)
         if len(self._stored) > _CIPHER_CACHE:
@@ -489,13 +337,17 @@ class SqliteStore:
 
         Raises:
             KeyError: the session is not in the store.
+            StoreError: the store holds a later snapshot; nothing is changed.
         """
         await self._write("snapshot", functools.partial(self._save_snapshot, meta, seq, snapshot))
 
     def _save_snapshot(self, meta: SessionMeta, seq: int, snapshot: bytes,
                        conn: sqlite3.Connection) -> None:
         sid = meta.session_id
-        # Meta first: it raises KeyError for an unknown session before any crypto.
+        row = conn.execute("SELECT snapshot_seq FROM sessions WHERE id = ?", (sid,)).fetchone()
+        if row is None:
+            raise KeyError(f"session {sid} is not in the store")
+        check_snapshot_seq(sid, seq, row[0])
         self._update_meta(conn, meta)
         sealed = self._cipher(conn, sid).seal("snapshot", seq, snapshot)
         conn.execute("UPDATE sessions SET snapshot = ?, snapshot_seq = ? WHERE id = ?",
@@ -553,7 +405,7 @@ class SqliteStore:
         """
         ring = await trio.to_thread.run_sync(
             functools.partial(load_keyring, Path(data_dir), create=False))
-        await self._write("raw", functools.partial(_check_keys, keyring=ring))
+        await self._write("raw", functools.partial(check_keys, keyring=ring))
         self.keyring = ring
         return ring
 
@@ -592,13 +444,13 @@ class SqliteStore:
         return await self._read(functools.partial(self._load, session_id))
 
     def _load(self, session_id: str, conn: sqlite3.Connection) -> LoadedSession | None:
-        row = conn.execute(f"SELECT id, {_META_COLUMNS}, key_id, wrapped_key, snapshot, "
+        row = conn.execute(f"SELECT id, {META_COLUMNS}, key_id, wrapped_key, snapshot, "
                            "snapshot_seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
             return None
         self._sessions_read += 1
-        meta = _meta_from_row(row)
-        key_id, wrapped, sealed, snapshot_seq = row[8:]
+        meta = meta_from_row(row)
+        key_id, wrapped, sealed, snapshot_seq = row[9:]
         cipher = self.keyring.cipher(session_id, key_id, wrapped)
         snapshot = cipher.open("snapshot", snapshot_seq, sealed)
         history: list[StoredEvent] = []
@@ -625,12 +477,12 @@ class SqliteStore:
     async def list_sessions(self, after: str | None, limit: int) -> list[SessionMeta]:
         """Sessions in id order, starting after the id `after`."""
         where, params = ("", (limit,)) if after is None else ("WHERE id > ? ", (after, limit))
-        sql = f"SELECT id, {_META_COLUMNS} FROM sessions {where}ORDER BY id LIMIT ?"
+        sql = f"SELECT id, {META_COLUMNS} FROM sessions {where}ORDER BY id LIMIT ?"
         return await self._read(functools.partial(self._metas, sql, params))
 
     def _metas(self, sql: str, params: tuple[Any, ...],
                conn: sqlite3.Connection) -> list[SessionMeta]:
-        metas = [_meta_from_row(row) for row in conn.execute(sql, params)]
+        metas = [meta_from_row(row) for row in conn.execute(sql, params)]
         self._sessions_read += len(metas)
         return metas
 
@@ -652,6 +504,29 @@ class SqliteStore:
                 conn = await self._idle_readers.receive()
                 await trio.to_thread.run_sync(conn.close)
             await self._writer.stop()
+            if self._lock is not None:
+                # Emptied first: a pid left in the file names a holder that died.
+                os.ftruncate(self._lock, 0)
+                os.close(self._lock)
+                self._lock = None
+
+
+@attrs.frozen
+class _SqliteKeys:
+    """`KeyManagement` for a `SqliteStore` in `data_dir`."""
+
+    store: SqliteStore
+    data_dir: Path
+
+    @property
+    def current(self) -> str:
+        return self.store.keyring.current
+
+    async def reload(self) -> str:
+        return (await self.store.reload_keyring(self.data_dir)).current
+
+    async def rewrap(self) -> int:
+        return await self.store.rewrap_keys()
 
 
 def _in_read_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
@@ -678,41 +553,42 @@ async def open_sqlite_store(
     """Opens (creating if needed) the store in `data_dir`.
 
     Args:
-        data_dir: the data directory (created mode 0700); None only for "memory".
+        data_dir: the data directory (created mode 0700); unused, and may be
+            None, for "none".
         durability: "process" (survives kill -9), "power" (fsync per group
-            commit) or "memory" (nothing on disk).
+            commit) or "none" (an in-memory database: nothing on disk).
         keyring: the master keys; by default read from $NEXUSD_MASTER_KEYS or
-            the data directory's key file (created on first start). A memory
-            store makes a throwaway one.
+            the data directory's key file (created on first start). An
+            in-memory database makes a throwaway one.
         retention_events, retention_seconds: how much history (events at or
             before the snapshot) each session keeps for resume.
         clock: wall-clock seconds, for the age window of retention.
         readers: read connections (disk stores only).
         wal_limit: WAL file size, bytes, past which the store truncates the
-            WAL even if that means holding up commits briefly while readers
-            finish (disk stores only).
+            WAL even if commits wait briefly (in a worker thread, never in
+            trio's) for readers to finish (disk stores only).
 
     Raises:
         StoreError: the database cannot be opened, is newer than this nexusd,
-            or does not match the master keys.
+            or does not match the master keys; or another process (a second
+            daemon) has the data directory open.
         KeyRingError: the key ring is malformed or unsafe.
     """
     if durability not in DURABILITIES:
         raise ValueError(f"durability must be one of {', '.join(DURABILITIES)}, "
                          f"not {durability!r}")
-    if durability != "memory" and data_dir is None:
+    if durability != "none" and data_dir is None:
         raise ValueError(f"durability {durability!r} needs a data directory")
 
     wal = None if data_dir is None else Path(data_dir) / f"{DB_FILE}-wal"
 
     def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing,
                            Checkpointer | None]:
-        if durability == "memory":
+        if durability == "none":
             ring = keyring or KeyRing.generate()
             target = ":memory:"
         else:
-            assert data_dir is not None
-            Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            assert data_dir is not None and lock is not None
             target = str(Path(data_dir) / DB_FILE)
             # A missing key file is made afresh only for a new database: beside
             # an existing one it would be the wrong key, and saying so is clearer.
@@ -725,16 +601,19 @@ async def open_sqlite_store(
             raise StoreError(f"cannot open {target}: {exc}") from None
         try:
             migrate(conn)
-            _check_keys(conn, ring)
+            check_keys(conn, ring)
             pool = [_connect(target, durability, wal_limit=wal_limit) for _ in range(readers)
-                    if durability != "memory"]
+                    if durability != "none"]
             for r in pool:
                 r.execute("PRAGMA query_only = ON")
             checkpointer = None
             if durability == "process":
-                conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's job
+                # Checkpoints and WAL truncation are the checkpointer's job,
+                # in its thread: this connection commits in trio's.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
+                conn.execute("PRAGMA journal_size_limit = -1")
                 checkpointer = Checkpointer(_connect(target, durability, wal_limit=wal_limit),
-                                            Path(f"{target}-wal"), wal_limit=wal_limit)
+                                            wal, wal_limit=wal_limit)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None
@@ -743,97 +622,20 @@ async def open_sqlite_store(
             raise
         return conn, pool, ring, checkpointer
 
-    conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
+    lock: int | None = None
+    if durability != "none":
+        assert data_dir is not None
+        # Before anything is read: a second daemon must not even look.
+        lock = await trio.to_thread.run_sync(lock_data_dir, Path(data_dir))
+    try:
+        conn, pool, ring, checkpointer = await trio.to_thread.run_sync(open_db)
+    except BaseException:
+        if lock is not None:
+            os.close(lock)
+        raise
     writer: Writer = (ThreadWriter(conn, wal, wal_limit=wal_limit) if durability == "power"
                        else TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
-                       retention_seconds=retention_seconds, clock=clock)
-
-
-# -- `nexusd keys ...` --------------------------------------------------------
-
-def _open_for_keys(data_dir: Path, *, read_only: bool) -> sqlite3.Connection | None:
-    db = Path(data_dir) / DB_FILE
-    if not db.exists():
-        return None
-    target = f"file:{db}?mode=ro" if read_only else str(db)
-    conn = sqlite3.connect(target, uri=read_only, isolation_level=None,
-                           timeout=_BUSY_TIMEOUT_MS / 1000)
-    if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(f"{db} has an older schema; start nexusd once to upgrade it")
-    return conn
-
-
-def keys_list(data_dir: Path, *, out: TextIO = sys.stdout) -> None:
-    """`nexusd keys list`: prints each master key's id, whether it is current,
-    and how many sessions' data keys it wraps (never the keys themselves).
-
-    Raises:
-        KeyRingError: there is no key ring, or it is malformed.
-        StoreError: the database needs upgrading first.
-    """
-    ring = load_keyring(Path(data_dir), create=False)
-    conn = _open_for_keys(data_dir, read_only=True)
-    usage: dict[str, int] | None = None
-    if conn is not None:
-        try:
-            usage = dict(conn.execute("SELECT key_id, count(*) FROM sessions GROUP BY key_id"))
-        finally:
-            conn.close()
-    for line in describe(ring, usage):
-        print(line, file=out)
-
-
-def keys_rotate(data_dir: Path, *, out: TextIO = sys.stdout) -> str:
-    """`nexusd keys rotate`: adds a new master key to the key file and makes it
-    current. Returns its id.
-
-    A daemon reads the key file again on SIGHUP (which the `nexusd keys rotate`
-    command sends to the daemon of this data directory) or at its next start;
-    its `rewrap_keys` then moves the existing sessions to the new key.
-
-    Raises:
-        KeyRingError: there is no key file, or the keys come from $NEXUSD_MASTER_KEYS.
-    """
-    ring = add_master_key(Path(data_dir))
-    old = ", ".join(k for k in ring.ids if k != ring.current)
-    print(f"added master key {ring.current}; it is now the current key", file=out)
-    if old:
-        print(f"afterwards, retire the old key(s) with: nexusd keys retire {old}", file=out)
-    return ring.current
-
-
-def keys_retire(data_dir: Path, key_id: str, *, out: TextIO = sys.stdout) -> None:
-    """`nexusd keys retire ID`: removes master key `key_id` from the key file,
-    if no session's data key is still wrapped under it.
-
-    Raises:
-        KeyRingError: no such key, it is current, or sessions still need it.
-    """
-    ring = load_keyring(Path(data_dir), create=False)
-    ring.without(key_id)  # validates before touching anything
-    conn = _open_for_keys(data_dir, read_only=False)
-    if conn is None:
-        remove_master_key(Path(data_dir), key_id)
-    else:
-        try:
-            # Holding the write lock, so that no session gets wrapped under the
-            # key between the check and the removal: a daemon still running
-            # with the key as current finds its check value gone and refuses.
-            conn.execute("BEGIN IMMEDIATE")
-            n = conn.execute("SELECT count(*) FROM sessions WHERE key_id = ?",
-                             (key_id,)).fetchone()[0]
-            if n:
-                raise KeyRingError(
-                    f"master key {key_id} still wraps the data keys of {n} sessions; "
-                    "let nexusd re-wrap them (it does so in the background after a "
-                    "restart with the new key), then retire it")
-            conn.execute("DELETE FROM master_keys WHERE key_id = ?", (key_id,))
-            remove_master_key(Path(data_dir), key_id)
-            conn.execute("COMMIT")
-        finally:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-    print(f"retired master key {key_id}", file=out)
+                       retention_seconds=retention_seconds, clock=clock,
+                       data_dir=None if durability == "none" or data_dir is None
+                       else Path(data_dir), lock=lock)

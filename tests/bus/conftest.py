@@ -1,0 +1,14 @@
+"""Fixtures of the bus contract: every bus, and subscribers with a bounded queue."""
+
+from __future__ import annotations
+
+import pytest
+from bus_helpers import RETENTION
+
+from nexusd._bus import Bus, LocalBus
+
+
+@pytest.fixture(params=["LocalBus"])
+def bus(request: pytest.FixtureRequest) -> Bus:
+    """Every bus, configured with the same retention: the contract holds for all."""
+    return LocalBus(retention=RETENTION)
