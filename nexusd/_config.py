@@ -241,6 +241,10 @@ class Config:
         metadata={"help": "wait before a run's second attempt; doubles for each after"})
     run_max_inputs: int = attrs.field(
         default=64 * 1024, metadata={"help": "largest inputs of a run, encoded bytes"})
+    wal_limit: int = attrs.field(
+        default=64 << 20,
+        metadata={"help": "WAL file size, bytes, past which the store empties the WAL even "
+                          "if commits wait a moment for readers to finish"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -251,7 +255,7 @@ class Config:
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
                      "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
-                     "run_max_inputs"):
+                     "run_max_inputs", "wal_limit"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:

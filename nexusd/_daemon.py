@@ -188,7 +188,8 @@ class Daemon:
             # The store reads its clock in its writer thread, where trio's clock
             # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
             self.store = await open_store(config.durability, config.data,
-                                          retention=config.retention, clock=time.time)
+                                          retention=config.retention, clock=time.time,
+                                          wal_limit=config.wal_limit)
         keys = self.store.keys
         pid_file = config.data / PID_FILE if keys is not None else None
         if pid_file is not None:
@@ -394,6 +395,7 @@ class Daemon:
         """The daemon's figures; costs the same whatever the number of sessions
         and connections (counters kept as they change, and one store read)."""
         r = self.registry.statistics()
+        store_statistics = getattr(self.store, "statistics", None)  # a disk store's figures
         lim = self.peer_limits.statistics()
         bus = self.bus.statistics()
         kinds = {kind: n for kind, n in self._connections_by_kind.items() if n}
@@ -433,6 +435,7 @@ class Daemon:
             },
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port, "http_port": self.http_port},
+            "store": attrs.asdict(store_statistics()) if store_statistics else None,
         }
 
 
