@@ -132,13 +132,15 @@ class Config:
                           "stays silent as long again ('off': never)"})
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(), converter=_names,
-        metadata={"help": "web pages that may open a WebSocket, comma-separated origins "
+        metadata={"help": "web pages that may open a WebSocket or write over HTTP, besides "
+                          "the daemon's own HTTP origin: comma-separated origins "
                           "(https://app.example:8443) or '*'; clients that send no "
                           "Origin (programs, not pages) are always allowed"})
     allowed_hosts: tuple[str, ...] = attrs.field(
         default=(), converter=_names,
-        metadata={"help": "host names browsers may reach the daemon by (the Host header), "
-                          "comma-separated, or '*'; default: the address it listens on "
+        metadata={"help": "host names browsers may reach the daemon by (the Host header, "
+                          "WebSocket and HTTP), comma-separated, or '*'; default: the "
+                          "address each listener listens on "
                           "(every loopback name for a loopback address; any name for "
                           "0.0.0.0 or ::)"})
     write_timeout: float = attrs.field(
@@ -204,14 +206,6 @@ class Config:
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
     http_max_body: int = attrs.field(
         default=1 << 20, metadata={"help": "largest HTTP request body, bytes"})
-    http_hosts: str = attrs.field(
-        default="",
-        metadata={"help": "Host names HTTP answers besides its listen address (comma-"
-                          "separated; a loopback address also answers to localhost)"})
-    http_origins: str = attrs.field(
-        default="",
-        metadata={"help": "browser origins allowed to write over HTTP besides the "
-                          "daemon's own (comma-separated, e.g. https://app.example)"})
     sse_heartbeat: float = attrs.field(
         default=15.0, converter=_duration,
         metadata={"help": "an HTTP event stream sends a comment after this long without "

@@ -32,12 +32,12 @@ from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
 from ._limits import LimitSettings, PeerLimits
-from ._origins import ANY, listen_hosts, normalize_origin
+from ._origins import ANY, BrowserRules, listen_hosts, normalize_origin, own_origins
 from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._version import __version__
-from .http import BrowserGuard, HttpChannel, HttpListener, HttpSettings, Metrics
+from .http import HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
@@ -323,7 +323,8 @@ class Daemon:
 
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, websocket_settings(config, host),
+            await serve_ws(handle, host, port,
+                           websocket_settings(config, host, self.http_port),
                            ssl_context=tls, handler_nursery=connections,
                            limits=self.peer_limits,
                            task_status=task_status)
@@ -335,14 +336,16 @@ class Daemon:
                                           handler_nursery=connections,
                                           limits=self.peer_limits))
             log.info("listening on unix:%s", config.socket)
+        # HTTP first: pages it serves may open a WebSocket, from an origin
+        # that names the port it is bound to.
+        if config.http is not None:
+            await self._listen_http(config.http, listeners, connections)
         if config.ws is not None:
             host, port = ws_address(config.ws)
             tls = self._tls()
             self.ws_port = await listeners.start(serve_websocket, host, port, tls)
             scheme = "wss" if tls else "ws"
             log.info("listening on %s://%s:%d/", scheme, _bracket(host), self.ws_port)
-        if config.http is not None:
-            await self._listen_http(config.http, listeners, connections)
 
     def _tls(self) -> ssl.SSLContext | None:
         config = self.config
@@ -365,12 +368,16 @@ class Daemon:
             sse_queue_bytes=config.sse_queue_bytes, write_timeout=config.write_timeout,
             check_admin_key=self.check_admin_key, check_create_key=self.check_create_key,
             require_create_key=self.requires_create_key())
-        guard = BrowserGuard(host, config.http_hosts.split(","), config.http_origins.split(","))
-        self.http = HttpChannel(self.service, settings, self.metrics, guard, self.stats,
-                                listener.abort_client)
+
+        def make_app(bound_port: int) -> Any:
+            self.http = HttpChannel(self.service, settings, self.metrics,
+                                    browser_rules(config, host, bound_port), self.stats,
+                                    listener.abort_client)
+            return self.http.app
+
         tls = self._tls()
         self.http_port = await listeners.start(partial(
-            listener.serve, self.http.app, host, port, tls, handler_nursery=connections))
+            listener.serve, make_app, host, port, tls, handler_nursery=connections))
         log.info("listening on %s://%s:%d/", listener.scheme, _bracket(host), self.http_port)
 
     async def _drain_connections(self) -> None:
@@ -439,29 +446,38 @@ class Daemon:
         }
 
 
-def websocket_settings(config: Config, host: str) -> WebSocketSettings:
-    """The WebSocket listener's bounds and allow-lists, for a listener on `host`.
+def browser_rules(config: Config, host: str, http_port: int | None = None) -> BrowserRules:
+    """The allow-lists of a listener on `host`, WebSocket or HTTP alike.
 
-    Pages may connect from the origins of `allowed_origins` and from the
-    daemon's own HTTP origin (when `http` names its port); browsers may name
-    the daemon by the hosts of `allowed_hosts`, by default those `host`
-    answers to.
+    Pages may come from the origins of `allowed_origins` and from the
+    daemon's own HTTP origin: `http_port` (default: the port `http` names)
+    under each name the HTTP listener answers to. Browsers may name the
+    daemon by the hosts of `allowed_hosts`, by default those `host` answers to.
     """
     hosts = frozenset(h.strip("[]").lower() for h in config.allowed_hosts)
     origins = {o if o == ANY else normalize_origin(o) for o in config.allowed_origins}
     if config.http is not None:
-        http_host, http_port = ws_address(config.http, "http")
-        if http_port:
+        http_host, configured_port = ws_address(config.http, "http")
+        port = http_port or configured_port
+        if port:
             scheme = "https" if config.tls_cert is not None else "http"
-            for name in listen_hosts(http_host) or {http_host}:
-                origins.add(normalize_origin(f"{scheme}://{_bracket(name)}:{http_port}"))
+            names = hosts - {ANY} or listen_hosts(http_host) or {http_host}
+            origins |= own_origins(scheme, names, port)
+    return BrowserRules(frozenset(origins), hosts if hosts else listen_hosts(host))
+
+
+def websocket_settings(config: Config, host: str, http_port: int | None = None
+                       ) -> WebSocketSettings:
+    """The WebSocket listener's bounds and allow-lists (`browser_rules`), for
+    a listener on `host`."""
+    rules = browser_rules(config, host, http_port)
     return WebSocketSettings(
         # One byte over the protocol's limit reaches the protocol, which
         # answers `too_large`; longer messages are refused unread.
         max_message=config.max_frame + 1,
         handshake_timeout=config.handshake_timeout, read_timeout=config.read_timeout,
-        ping_interval=config.ws_ping_interval, allowed_origins=frozenset(origins),
-        allowed_hosts=hosts if hosts else listen_hosts(host))
+        ping_interval=config.ws_ping_interval, allowed_origins=rules.origins,
+        allowed_hosts=rules.hosts)
 
 
 def _bracket(host: str) -> str:
