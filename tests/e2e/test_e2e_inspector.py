@@ -93,8 +93,10 @@ def test_the_inspector_shows_a_cli_write_within_a_second(
             page.click("button[type=submit]")
             # Locators, not page scripts: the page's policy forbids eval.
             expect(page.locator("#status")).to_have_text(f"live · {sid}")
-            # The write made before the page opened is there, from the replay.
+            # The write made before the page opened is there, from the replay,
+            # and the context as it stands, though no change in it touched it.
             page.wait_for_selector('#entries tr[data-key="theme"]')
+            expect(page.locator("#context")).to_contain_text('"current_channel": "api"')
 
             r = cli.run("set", sid, "greeting", '"hello from the cli"')
             assert r.code == 0, r.err

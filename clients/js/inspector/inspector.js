@@ -128,6 +128,9 @@ async function openSession(id) {
   };
   // The first answer says whether the credential opens the session at all.
   const summary = await api(`/sessions/${encodeURIComponent(id)}/summary`);
+  // The context as it stands: the replayed history may hold no context change.
+  const current = await api(`/sessions/${encodeURIComponent(id)}?channel=inspector`);
+  view.context = current.context || {};
   state.view = view;
   $("sid").textContent = id;
   $("back").hidden = !state.admin;
