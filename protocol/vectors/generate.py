@@ -234,6 +234,17 @@ valid("analytics", "Cross-session analytics.", {"t": "analytics", "id": 36})
 valid("run", "Runs a workflow (reserved in v1).",
       {"t": "run", "id": 37, "session_id": SID, "workflow": "data_analysis",
        "inputs": {"dataset": "sales_q3"}, "resume": True})
+valid("merge_context", "Sets two of the guide's free-form context keys and removes a third.",
+      {"t": "merge_context", "id": 38, "session_id": SID,
+       "values": {"workflow_state": {"step": 3, "of": 5}, "user_preferences": {"theme": "dark"},
+                  "draft": None}})
+valid("track", "Tracks the guide's workflow run: data-processor took 15.5 s.",
+      {"t": "track", "id": 39, "session_id": SID, "event_type": "workflow_executed",
+       "data": {"workflow_name": "data-processor", "execution_time": 15.5}})
+valid("insights", "The session's insights.", {"t": "insights", "id": 40, "session_id": SID})
+valid("recommend", "The channel for an expert's data analysis.",
+      {"t": "recommend", "id": 41, "session_id": SID, "task_type": "data_analysis",
+       "experience": "expert"})
 
 # -------------------------------------------------------------------- replies
 
@@ -401,6 +412,10 @@ invalid("eof_inside_prefix", "The stream ends after 2 bytes of a length prefix."
 invalid("non_map_body", "The body is an array, not a map.", framed(packb(["ping", 1])),
         "bad_request")
 invalid("nil_body", "The body is nil.", framed(b"\xc0"), "bad_request")
+invalid("track_empty_event_type",
+        "A track whose event_type is the empty string: an event type is a key, never empty.",
+        framed(packb({"t": "track", "id": 42, "session_id": SID, "event_type": ""})),
+        "bad_request", request_id=42)
 invalid("trailing_bytes", "A valid map followed, inside the same frame, by one more byte.",
         framed(PING + b"\xc0"), "bad_request")
 invalid("unknown_type", "No message has the tag 'frobnicate'; the id can be read.",
