@@ -57,6 +57,16 @@ Memory
     after creating many sessions and letting them hibernate
     (``--hibernate-after 1s``), beside its own RSS when fresh.
 
+HTTP
+    The HTTP channel, paced writes as in the latency rows (200/s, one
+    kept-alive connection, one request at a time) with one subscriber:
+    ``PUT`` over HTTP to a Unix subscriber, a Unix write to an event-stream
+    (SSE) subscriber; the writer's round trip beside that of a bare
+    hypercorn+Starlette endpoint on trio (`bench._http_floor`, the floor of
+    any HTTP write on this stack), and beside the 3.16 ms the Kailash Nexus
+    platform publishes for its HTTP workflow execute round trip (quoted, not
+    measured here).
+
 ``--quick`` runs a subset with fewer samples in under a minute, and says so.
 Results: a table on stdout, ``bench/results/latest.json`` (and a timestamped
 copy), ``bench/results/latency.png`` and ``bench/results/performance.md``.

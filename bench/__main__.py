@@ -31,7 +31,7 @@ from ._procs import BenchError, Processes, nexus_stats, redis_persistence
 from ._report import aims, loadavg, machine, markdown, plot, table, write_json
 from ._scenarios import Plan, Scenarios
 
-PHASES = ("throughput", "fanout", "latency", "memory")
+PHASES = ("throughput", "fanout", "latency", "http", "memory")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -122,6 +122,13 @@ def run(args: argparse.Namespace) -> int:
             results["latency"] = scen.latency(nexusd, relay, ws_relay, redis)
             _stop_servers(procs)
             seconds["latency"] = time.monotonic() - phase_t0
+        if "http" in phases:
+            phase_t0 = time.monotonic()
+            say("HTTP ...")
+            nexusd, floor = procs.start(procs.nexusd, procs.http_floor)
+            results["http"] = scen.http(nexusd, floor)
+            _stop_servers(procs)
+            seconds["http"] = time.monotonic() - phase_t0
         if "memory" in phases:
             phase_t0 = time.monotonic()
             say("memory ...")

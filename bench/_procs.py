@@ -172,6 +172,7 @@ class Worker:
 _ROOT = str(Path(__file__).resolve().parent.parent)
 _UNIX = re.compile(r"listening on unix:(\S+)")
 _WS = re.compile(r"listening on wss?://(\[?[^\]/]+\]?):(\d+)/")
+_HTTP = re.compile(r"listening on https?://(\[?[^\]/]+\]?):(\d+)/")
 
 
 class Processes:
@@ -204,6 +205,10 @@ class Processes:
             if "ws" in wait_for and (m := _WS.search(text)):
                 host = m.group(1).strip("[]")
                 server.targets["ws"] = Target("nexus", "ws", f"{host}:{m.group(2)}")
+            if "http" in wait_for and (m := _HTTP.search(text)):
+                host = m.group(1).strip("[]")
+                proto = "http-floor" if name == "http-floor" else "http"
+                server.targets["http"] = Target(proto, "tcp", f"{host}:{m.group(2)}")
             if wait_for <= set(server.targets):
                 return server
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -212,12 +217,18 @@ class Processes:
             time.sleep(0.02)
 
     def nexusd(self, *extra: str) -> Server:
-        """nexusd at its default durability, on a Unix socket and a WebSocket."""
+        """nexusd at its default durability, on a Unix socket, a WebSocket and HTTP."""
         n = next(self._n)
         data = self.tmp / f"nexusd-data-{n}"
         return self._spawn("nexusd", [
             sys.executable, "-m", "nexusd", "serve", "--socket", str(self.tmp / f"nexusd-{n}.sock"),
-            "--ws", "127.0.0.1:0", "--data", str(data), *extra], {"unix", "ws"})
+            "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(data), *extra],
+            {"unix", "ws", "http"})
+
+    def http_floor(self) -> Server:
+        """A bare hypercorn + Starlette endpoint (`bench._http_floor`)."""
+        return self._spawn("http-floor", [sys.executable, "-m", "bench._http_floor",
+                                          "--http", "127.0.0.1:0"], {"http"})
 
     def relay(self, *, per_subscriber: bool = False) -> Server:
         """The trio relay (the floor), on a Unix socket and a WebSocket."""

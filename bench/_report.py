@@ -346,6 +346,27 @@ def table(results: dict[str, Any]) -> str:
                 f"{d['bytes_per_dormant_session']:,.0f} bytes per dormant session; peak while "
                 f"creating {d['rss_peak'] / 2**20:.1f} MiB")
 
+    http = results.get("http")
+    if http:
+        add("")
+        rate = next((r["rate"] for r in http if "rate" in r), 0)
+        add(f"5. HTTP channel, µs: sync (writer's send -> subscriber's receipt) and the "
+            f"writer's round trip (request -> response); writes paced at {rate:g}/s on one "
+            "kept-alive connection, as in 1. otherwise; '÷ floor' is the round trip over "
+            "that of the bare hypercorn+Starlette endpoint")
+        add(f"{'case':<50}{'sync p50':>10}{'p99':>10}{'rtt p50':>10}{'p99':>10} | rtt ÷ floor")
+        floor = _by(http, role="floor")
+        for r in http:
+            if "error" in r:
+                add(f"{r['case']:<50}FAILED: {r['error']}")
+                continue
+            sync = f"{_f(r.get('p50'), 10)}{_f(r.get('p99'), 10)}" if "p50" in r else " " * 20
+            # Only an HTTP request's round trip compares with the floor's.
+            ratio = "" if r is floor or floor is None or r.get("write_via") != "http" else \
+                _x(_ratio(r.get("ack_p50"), floor.get("ack_p50")), 7)
+            add(f"{r['case']:<50}{sync}{_f(r.get('ack_p50'), 10)}{_f(r.get('ack_p99'), 10)} | "
+                f"{ratio}")
+
     verdicts = results.get("aims", [])
     if verdicts:
         add("")

@@ -7,6 +7,8 @@ the same run, with the same client processes and the same payloads.
 - `fanout`: one write to 100 subscribers, time until the last receives it.
 - `memory`: RSS per active session, per idle connection, and with many
   dormant sessions.
+- `http`: the HTTP channel: HTTP PUT -> Unix subscriber, Unix write -> SSE
+  subscriber, beside the round trip of a bare hypercorn+Starlette endpoint.
 
 Each returns plain dicts (the JSON of the run); `bench._report` turns them
 into the table, the verdicts and the plot.
@@ -25,6 +27,10 @@ from hdrh.histogram import HdrHistogram
 from ._procs import BenchError, Processes, Server, Worker, nexus_stats
 
 __all__ = ["Plan", "Scenarios", "summarize"]
+
+#: The HTTP workflow-execute round trip of the Kailash Nexus platform (the
+#: guide's), as published for this kind of machine: quoted, not measured here.
+KAILASH_HTTP_MS = 3.16
 
 #: Percentiles reported, and those plotted (a denser set for the curves).
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
@@ -55,6 +61,7 @@ class Plan:
     mem_sessions: int
     mem_connections: int
     dormant: int
+    http_rate: float = 200.0  # paced HTTP writes/s: one connection, one request at a time
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -331,6 +338,65 @@ class Scenarios:
                 "delivered_per_s": got["counted"] / seconds,
                 "server_cpu": (cpu1 - cpu0) / seconds, "lagged": got["lagged"],
                 "seconds": seconds}
+
+    # -------------------------------------------------------------------- HTTP
+
+    def http(self, nexusd: Server, floor: Server) -> list[dict[str, Any]]:
+        """Paced writes as in `latency`, one subscriber, through the HTTP
+        channel: PUT over HTTP to a Unix subscriber, a Unix write to an
+        event-stream subscriber, and PUTs to the bare endpoint (its round
+        trip only: the floor of any HTTP write)."""
+        cases = [("HTTP PUT -> Unix subscriber", "nexusd", nexusd, "http", "unix"),
+                 ("Unix write -> SSE subscriber", "nexusd", nexusd, "unix", "http"),
+                 ("bare hypercorn+Starlette PUT", "floor", floor, "http", None)]
+        rows = []
+        for label, role, server, write_via, watch_via in cases:
+            row: dict[str, Any] = {"case": label, "role": role, "write_via": write_via}
+            try:
+                row.update(self._http_once(server, write_via, watch_via))
+            except BenchError as exc:
+                row = self._failed(label, exc, **row)
+            else:
+                sync = f"sync p50 {row['p50']:8.1f}µs, " if watch_via else ""
+                self.say(f"  {label:30} {sync}round trip p50 {row['ack_p50']:8.1f}µs")
+            rows.append(row)
+        rows.append({"case": "Kailash Nexus HTTP workflow execute (published)",
+                     "role": "reference", "write_via": "http",
+                     "ack_p50": KAILASH_HTTP_MS * 1000})
+        return rows
+
+    def _http_once(self, server: Server, write_via: str,
+                   watch_via: str | None) -> dict[str, Any]:
+        plan = self.plan
+        count = plan.warmup + plan.samples
+        duration = count / plan.http_rate
+        name = f"http-{write_via}"
+        w = self.writers.call("open_writer", name=name,
+                              target=server.targets[write_via].to_dict())
+        self._open.add(name)
+        cid = None
+        if watch_via is not None:
+            cid = self.subscribers.start("subscribe", target=server.targets[watch_via].to_dict(),
+                                         sessions=[[w["session_id"], w["token"]]], k=1,
+                                         expected=count, skip=plan.warmup,
+                                         timeout_s=duration + 30)
+            self.subscribers.wait(cid, "ready", timeout=60)
+        cpu0 = server.cpu()
+        wrote = self.writers.call("write", timeout=duration + 60, name=name,
+                                  rate=plan.http_rate, count=count, pad=self.pad,
+                                  warmup=plan.warmup, timeout_s=duration + 30)
+        cpu1 = server.cpu()
+        self.writers.call("close", name=name)
+        self._open.discard(name)
+        row: dict[str, Any] = {"writes": count, "rate": plan.http_rate,
+                               "server_cpu_us_per_write": (cpu1 - cpu0) / count * 1e6}
+        ack = summarize(wrote["ack_hist"])
+        row["ack_p50"], row["ack_p99"] = ack.get("p50"), ack.get("p99")
+        if cid is not None:
+            got = self.subscribers.wait(cid, timeout=duration + 60)
+            row.update(lagged=got["lagged"], complete=got["complete"], hist=got["hist"])
+            row.update(summarize(got["hist"]))
+        return row
 
     # ------------------------------------------------------------------ fan-out
 

@@ -49,6 +49,7 @@ from ._client import (
     raise_nofile_limit,
     resp_command,
 )
+from ._http_client import HttpWriter, SseSubscriber
 
 now_ns = time.monotonic_ns
 
@@ -83,9 +84,13 @@ class Writer:
                  token: str | None = None) -> None:
         self.target = target
         self.redis = target.proto == "redis"
+        self.http = target.proto in ("http", "http-floor")
         self.ids = itertools.count(_HOT_IDS)
         self.seq = 0
-        if self.redis:
+        if self.http:
+            self.client = HttpWriter(target, session_id, token)
+            self.session_id, self.token = self.client.session_id, self.client.token
+        elif self.redis:
             self.client: Any = RedisClient(target)
             self.session_id = session_id or "bench:" + secrets.token_hex(8)
             self.token = ""
@@ -109,6 +114,8 @@ class Writer:
 
     def frame(self, value: Any) -> tuple[bytes, int]:
         """The bytes of one write of `value`, and the number of replies it gets."""
+        if self.http:
+            return self.client.frame(value), 1
         if self.redis:
             self.seq += 1
             body = encode_body(p.Change(session_id=self.session_id, seq=self.seq, op="set",
@@ -122,7 +129,7 @@ class Writer:
                                             value=value))), 1
 
     def send(self, data: bytes) -> None:
-        if self.redis:
+        if self.redis or self.http:
             self.client.send(data)
         else:
             self.client.link.send(data)
@@ -132,6 +139,8 @@ class Writer:
 
         A `written` reply is recognised by its tag alone: the writer must not
         be what limits a throughput run."""
+        if self.http:
+            return self.client.replies()  # type: ignore[no-any-return]
         if self.redis:
             data = self.client.recv()
             if not data:
@@ -169,11 +178,14 @@ class Subscriber:
     def __init__(self, target: Target, session_id: str, token: str, index: int,
                  lean: bool = False) -> None:
         self.redis = target.proto == "redis"
+        self.http = target.proto == "http"
         self.changes = 0
         self.lagged = False
         self.closed = False
         self.lean = False
-        if self.redis:
+        if self.http:
+            self.client = SseSubscriber(target, session_id, token)
+        elif self.redis:
             self.client: Any = RedisClient(target)
             self.client.send(resp_command("SUBSCRIBE", session_id))
             self.client.replies(1)
@@ -210,11 +222,15 @@ class Subscriber:
         return n
 
     def recv(self) -> bytes:
-        return self.client.recv() if self.redis else self.client.link.recv()
+        return self.client.recv() if self.redis or self.http else self.client.link.recv()
 
     def changes_in(self, data: bytes) -> list[Any]:
         """The `t` of each change `data` completes, in order."""
         out = []
+        if self.http:
+            out = self.client.changes_in(data)
+            self.lagged, self.closed = self.client.lagged, self.client.closed
+            return out
         if self.redis:
             if not data:
                 self.closed = True
@@ -299,6 +315,8 @@ def drain(client: Any) -> bool:
             data = client.recv()
             client.parser.feed(data)
             return bool(data)
+        if isinstance(client, HttpWriter):
+            return bool(client.sock.recv(65536))  # nothing comes unasked
         data = client.link.recv()
         for piece in client.link.feed(data):
             client.conn.receive_data(piece)

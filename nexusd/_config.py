@@ -72,6 +72,9 @@ class Config:
     ws: str | None = attrs.field(
         default=f"{DEFAULT_WS_HOST}:{DEFAULT_WS_PORT}",
         metadata={"help": "WebSocket listen address HOST:PORT (port 0: any free port), or 'off'"})
+    http: str | None = attrs.field(
+        default="127.0.0.1:8000",
+        metadata={"help": "HTTP listen address HOST:PORT (port 0: any free port), or 'off'"})
     data: Path = attrs.field(
         factory=lambda: Path(default_state_dir(os.environ, _home())),
         metadata={"help": "data directory (store, keys, admin key)"})
@@ -82,11 +85,12 @@ class Config:
                           "memory (nothing on disk)"})
     admin_key: str | None = attrs.field(
         default=None, repr=False,
-        metadata={"help": "WebSocket admin credential "
+        metadata={"help": "WebSocket and HTTP admin credential "
                           "(default: DATA/admin.key, made on first start)"})
-    tls_cert: Path | None = attrs.field(default=None,
-                                        metadata={"help": "certificate chain for wss://"})
-    tls_key: Path | None = attrs.field(default=None, metadata={"help": "private key for wss://"})
+    tls_cert: Path | None = attrs.field(
+        default=None, metadata={"help": "certificate chain for wss:// and https://"})
+    tls_key: Path | None = attrs.field(
+        default=None, metadata={"help": "private key for wss:// and https://"})
     max_frame: int = attrs.field(default=1 << 20, metadata={"help": "largest frame body, bytes"})
     max_key: int = attrs.field(default=256, metadata={"help": "longest key, UTF-8 bytes"})
     max_depth: int = attrs.field(default=32, metadata={"help": "deepest nesting in a value"})
@@ -211,6 +215,25 @@ class Config:
     shutdown_grace: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
+    http_max_body: int = attrs.field(
+        default=1 << 20, metadata={"help": "largest HTTP request body, bytes"})
+    http_hosts: str = attrs.field(
+        default="",
+        metadata={"help": "Host names HTTP answers besides its listen address (comma-"
+                          "separated; a loopback address also answers to localhost)"})
+    http_origins: str = attrs.field(
+        default="",
+        metadata={"help": "browser origins allowed to write over HTTP besides the "
+                          "daemon's own (comma-separated, e.g. https://app.example)"})
+    sse_heartbeat: float = attrs.field(
+        default=15.0, converter=_duration,
+        metadata={"help": "an HTTP event stream sends a comment after this long without "
+                          "events"})
+    sse_queue: int = attrs.field(
+        default=1024, metadata={"help": "events queued per HTTP event stream before it lags"})
+    sse_queue_bytes: int = attrs.field(
+        default=8 << 20,
+        metadata={"help": "bytes queued per HTTP event stream before it lags"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -219,7 +242,8 @@ class Config:
                      "retention", "mailbox_size", "queue_size", "max_in_flight",
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
-                     "max_connections", "max_connections_per_peer", "max_track",
+                     "max_connections", "max_connections_per_peer",
+                     "http_max_body", "sse_queue", "sse_queue_bytes", "max_track",
                      "track_rate", "max_context_keys"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -242,14 +266,19 @@ class Config:
             raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:
             ws_address(self.ws)
+        if self.http is not None:
+            ws_address(self.http, "http")
+        if self.sse_heartbeat <= 0:
+            raise ConfigError("sse_heartbeat must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError("log_level must be debug, info, warning or error")
 
 
-def ws_address(text: str) -> tuple[str, int]:
-    """(host, port) from ``HOST:PORT`` (``[::1]:PORT`` for IPv6).
+def ws_address(text: str, name: str = "ws") -> tuple[str, int]:
+    """(host, port) from ``HOST:PORT`` (``[::1]:PORT`` for IPv6); `name` is
+    the setting it came from.
 
     Raises:
         ConfigError: not an address.
@@ -257,7 +286,7 @@ def ws_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"ws must be HOST:PORT or off, not {text!r}")
+        raise ConfigError(f"{name} must be HOST:PORT or off, not {text!r}")
     return host, int(port)
 
 
@@ -273,7 +302,7 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 def _coerce(name: str, value: Any) -> Any:
     """A file, environment or flag value as the field holds it."""
     kind = str(FIELDS[name].type)
-    if name in ("socket", "ws") and str(value).lower() == "off":
+    if name in ("socket", "ws", "http") and str(value).lower() == "off":
         return None
     if kind in ("Path", "Path | None") and value is not None:
         return Path(os.path.expanduser(str(value)))

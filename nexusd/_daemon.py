@@ -1,10 +1,11 @@
 """The daemon: the store, the registry of session actors, the reaper and the
-listeners, in one nursery tree, with an orderly shutdown.
+listeners (Unix socket, WebSocket, HTTP), in one nursery tree, with an
+orderly shutdown.
 
-Shutdown order: stop accepting; tell every client `shutdown` and let the
-requests already in flight finish (within `shutdown_grace`); stop the
-actors, each of which serves what its mailbox holds and writes its snapshot;
-close the store.
+Shutdown order: stop accepting; tell every client `shutdown` (HTTP event
+streams too) and let the requests already in flight finish (within
+`shutdown_grace`); stop the actors, each of which serves what its mailbox
+holds and writes its snapshot; close the store.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._version import __version__
+from .http import BrowserGuard, HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
@@ -98,7 +100,8 @@ def read_or_create_admin_key(data: Path, name: str = "admin.key") -> str:
 
 class Daemon:
     """A running nexusd. Start it with `nursery.start(daemon.run)`; the value
-    reported is the daemon itself, with `socket_path` and `ws_port` bound."""
+    reported is the daemon itself, with `socket_path`, `ws_port` and
+    `http_port` bound."""
 
     def __init__(self, config: Config, *, store: Store | None = None,
                  wall: Callable[[], float] = time.time) -> None:
@@ -115,6 +118,10 @@ class Daemon:
         self.flusher = Flusher()
         self.socket_path: Path | None = None
         self.ws_port: int | None = None
+        self.http_port: int | None = None
+        self.http: HttpChannel | None = None
+        self.http_listener: HttpListener | None = None
+        self.metrics = Metrics()
         self.admin_key = config.admin_key
         self._stop = trio.Event()
         self.stopped = trio.Event()
@@ -161,7 +168,8 @@ class Daemon:
         setting = self.config.require_create_key
         if setting != "auto":
             return setting == "always"
-        return self.config.ws is not None and not _loopback(ws_address(self.config.ws)[0])
+        return any(address is not None and not _loopback(ws_address(address)[0])
+                   for address in (self.config.ws, self.config.http))
 
     def _bound_connections(self) -> None:
         """Raises the descriptor limit, and lowers `max_connections` to fit it."""
@@ -176,7 +184,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         config = self.config
-        if self.admin_key is None and config.ws is not None:
+        if self.admin_key is None and (config.ws is not None or config.http is not None):
             self.admin_key = read_or_create_admin_key(config.data)
         if self.create_key is None and self.requires_create_key():
             self.create_key = read_or_create_admin_key(config.data, "create.key")
@@ -218,7 +226,8 @@ class Daemon:
                     actor_config=ActorConfig(mailbox_size=config.mailbox_size,
                                              hibernate_after=config.hibernate_after),
                     schedule=deadlines.schedule, nursery=actors,
-                    stored=await self.store.count())
+                    stored=await self.store.count(),
+                    observe_flush=self.metrics.observe_flush)
                 self.reaper = Reaper(deadlines, self.registry, self.store, clock)
                 self.service = SessionService(registry=self.registry, store=self.store,
                                               analytics=self.analytics, stats=self.stats,
@@ -329,23 +338,59 @@ class Daemon:
             log.info("listening on unix:%s", config.socket)
         if config.ws is not None:
             host, port = ws_address(config.ws)
-            tls = None
-            if config.tls_cert is not None:
-                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                tls.load_cert_chain(config.tls_cert, config.tls_key)
+            tls = self._tls()
             self.ws_port = await listeners.start(serve_websocket, host, port, tls)
             scheme = "wss" if tls else "ws"
             log.info("listening on %s://%s:%d/", scheme, _bracket(host), self.ws_port)
+        if config.http is not None:
+            await self._listen_http(config.http, listeners, connections)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        config = self.config
+        if config.tls_cert is None:
+            return None
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls_cert, config.tls_key)
+        return tls
+
+    async def _listen_http(self, address: str, listeners: trio.Nursery,
+                           connections: trio.Nursery) -> None:
+        config = self.config
+        host, port = ws_address(address, "http")
+        listener = self.http_listener = HttpListener(
+            self.peer_limits, handshake_timeout=config.handshake_timeout)
+        settings = HttpSettings(
+            server_name=self.server_name, limits=self.limits, max_body=config.http_max_body,
+            read_timeout=config.read_timeout, sse_heartbeat=config.sse_heartbeat,
+            sse_queue=config.sse_queue,
+            sse_queue_bytes=config.sse_queue_bytes, write_timeout=config.write_timeout,
+            check_admin_key=self.check_admin_key, check_create_key=self.check_create_key,
+            require_create_key=self.requires_create_key())
+        guard = BrowserGuard(host, config.http_hosts.split(","), config.http_origins.split(","))
+        self.http = HttpChannel(self.service, settings, self.metrics, guard, self.stats,
+                                listener.abort_client)
+        tls = self._tls()
+        self.http_port = await listeners.start(partial(
+            listener.serve, self.http.app, host, port, tls, handler_nursery=connections))
+        log.info("listening on %s://%s:%d/", listener.scheme, _bracket(host), self.http_port)
 
     async def _drain_connections(self) -> None:
         for handler in list(self.connections.values()):
             handler.shutdown("the daemon is shutting down")
+        http = self.http_listener
+        if self.http is not None and http is not None:
+            self.http.shutdown()
+            await http.shutdown()
         with trio.move_on_after(self.config.shutdown_grace):
             while self.connections:
                 self._no_connections = trio.Event()
                 await self._no_connections.wait()
+            if http is not None:
+                await http.wait_closed()
         for handler in list(self.connections.values()):
             handler.abort()
+        if http is not None:
+            http.abort()
 
     async def stats(self) -> dict[str, Any]:
         """The daemon's figures; costs the same whatever the number of sessions
@@ -354,6 +399,10 @@ class Daemon:
         lim = self.peer_limits.statistics()
         bus = self.bus.statistics()
         kinds = {kind: n for kind, n in self._connections_by_kind.items() if n}
+        http = self.http_listener
+        http_connections = http.statistics().connections if http is not None else 0
+        if http_connections:
+            kinds["http"] = http_connections
         return {
             "server": self.server_name,
             "pid": os.getpid(),
@@ -366,10 +415,12 @@ class Daemon:
             "activations": r.activations,
             "hibernations": r.hibernations,
             "sessions_ended": r.ended,
-            "connections": len(self.connections),
+            "sessions_ended_by": r.ended_by,
+            "changes_published": bus.published,
+            "lagged": bus.lagged,
+            "connections": len(self.connections) + http_connections,
             "connections_by_transport": kinds,
             "subscribers": bus.subscribers,
-            "lagged": bus.lagged,
             "limits": {
                 "memory_bytes": r.memory,
                 "history_bytes": bus.history_bytes,
@@ -382,7 +433,7 @@ class Daemon:
                 "protocol_errors_not_logged": lim.protocol_errors_not_logged,
             },
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
-                          "ws_port": self.ws_port},
+                          "ws_port": self.ws_port, "http_port": self.http_port},
         }
 
 

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import logging
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Final, Literal
 
@@ -91,20 +91,23 @@ class RegistryStatistics:
     memory: int  # bytes of snapshots and replay history of active sessions
     made_room: int  # sessions hibernated early to make room for others
     refused: int  # creates and activations refused: at a bound
+    ended_by: dict[str, int] = attrs.Factory(dict)  # reason (ttl, idle, invalidated) -> count
 
 
 class Registry:
     """The active sessions' actors, made with what they use.
 
     `schedule(session_id, deadline)` tells the reaper when to look at a
-    session; `batch` is held by each actor while it serves a batch.
+    session; `batch` is held by each actor while it serves a batch;
+    `observe_flush` goes to each actor (see `ActorDeps`).
     """
 
     def __init__(self, *, store: Store, clock: WallClock, bus: Bus, batch: BatchScope,
                  analytics: ChannelAnalytics, limits: CommandLimits, max_frame: int,
                  policy: SessionPolicy, actor_config: ActorConfig,
                  schedule: Callable[[str, float], None], nursery: trio.Nursery,
-                 stored: int = 0) -> None:
+                 stored: int = 0,
+                 observe_flush: Callable[[float, float], None] | None = None) -> None:
         """`stored` is how many sessions the store holds at the start."""
         self._store = store
         self._clock = clock
@@ -116,7 +119,7 @@ class Registry:
                                analytics=analytics, limits=limits, max_frame=max_frame,
                                schedule=schedule, forget=self._forget,
                                tombstone=self._tombstone, saving=self.saving,
-                               resized=self._resized)
+                               resized=self._resized, observe_flush=observe_flush)
         self._bus = bus
         self._nursery = nursery
         self._actors: dict[str, SessionActor] = {}
@@ -129,6 +132,7 @@ class Registry:
         self._saving = 0  # actors writing their last snapshot (see `saving`)
         self._saved_lot = trio.lowlevel.ParkingLot()
         self._created = self._activations = self._hibernations = self._ended = 0
+        self._ended_by: Counter[str] = Counter()
         self._initially_stored = stored
         self._snapshot_bytes = 0  # of the active sessions' latest snapshots
         # Sessions told to hibernate to make room: session id -> (bytes, when).
@@ -153,7 +157,7 @@ class Registry:
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(len(self._actors), self._created, self._activations,
                                   self._hibernations, self._ended, self.stored, self.memory,
-                                  self._made_room, self._refused)
+                                  self._made_room, self._refused, dict(self._ended_by))
 
     def _forget(self, actor: SessionActor) -> None:
         """Called by an actor as it ends; later requests activate it anew."""
@@ -181,6 +185,7 @@ class Registry:
 
     def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
+        self._ended_by[reason] += 1
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)

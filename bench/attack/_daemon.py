@@ -54,7 +54,8 @@ class DaemonProc:
         self.socket = tmp / f"{name}.sock"
         self.log = tmp / f"{name}.log"
         self.args = [sys.executable, "-m", "nexusd", "serve", "--socket", str(self.socket),
-                     "--ws", "127.0.0.1:0" if ws else "off", "--data", str(self.data),
+                     "--ws", "127.0.0.1:0" if ws else "off", "--http", "off",
+                     "--data", str(self.data),
                      *flags]
         self.ws = ws
         self.env = env or {}

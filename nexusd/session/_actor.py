@@ -15,6 +15,7 @@ knows nothing of the registry, the reaper or the transports.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -88,7 +89,10 @@ class ActorDeps:
     reason)` when its session ends for good, `schedule(session_id, deadline)`
     when its deadline may have come earlier, `resized(delta)` when its
     snapshot's size changes by `delta` bytes; `saving()` is held while the
-    actor writes its last snapshot (the hibernator paces itself by it).
+    actor writes its last snapshot (the hibernator paces itself by it);
+    `observe_flush(commit, sync)` (for the metrics) after each batch of
+    writes is durable and published: the seconds the store took, and the
+    seconds since its oldest change was decided, by the wall clock.
     """
 
     store: Store
@@ -103,6 +107,7 @@ class ActorDeps:
     tombstone: Callable[[str, str], None]
     saving: Callable[[], AbstractContextManager[None]]
     resized: Callable[[int], None] = lambda delta: None
+    observe_flush: Callable[[float, float], None] | None = None
 
 
 class _Watcher:
@@ -157,6 +162,7 @@ class SessionActor:
         self._resized = deps.resized
         self.snapshot_bytes = snapshot_bytes
         self._saving = deps.saving
+        self._observe_flush = deps.observe_flush
         self._topic = deps.bus.open(self.session_id, state.seq, history)
         self._send, self._inbox = trio.open_memory_channel[MailItem](config.mailbox_size)
         self._pending: list[tuple[Change, bytes]] = []
@@ -483,7 +489,9 @@ class SessionActor:
             return
         pending, self._pending = self._pending, []
         events = [StoredEvent(c.seq, c.ts, body) for c, body in pending]
+        started = time.perf_counter()
         await self._store.append(self.meta(), events)
+        committed_in = time.perf_counter() - started
         # The journal holds these times, and a recovery adds IDLE_LAG to them.
         self._covered = max(self._covered, events[-1].ts + IDLE_LAG)
         publish, committed = self._topic.publish, self._analytics.committed
@@ -493,6 +501,8 @@ class SessionActor:
                 lost.principal.subscriptions.discard(self.session_id)
                 self._presence("leave", lost)
             committed(change)
+        if self._observe_flush is not None:
+            self._observe_flush(committed_in, self._clock.now() - pending[0][0].ts)
         replies, self._pending_replies = self._pending_replies, []
         for env, reply in replies:
             env.sink.reply(reply)

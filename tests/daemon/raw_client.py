@@ -425,7 +425,7 @@ def make_config(data: Path, socket_dir: Path, **settings: Any) -> Config:
     WebSocket on a free loopback port, data in `data`, idle connections
     kept (tests let virtual hours pass), then `settings`."""
     defaults: dict[str, Any] = {
-        "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "data": data,
+        "socket": socket_dir / "n.sock", "ws": "127.0.0.1:0", "http": None, "data": data,
         "shutdown_grace": 2.0, "durability": "memory", "idle_connection_timeout": None,
     }
     return Config(**{**defaults, **settings})

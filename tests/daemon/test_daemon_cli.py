@@ -22,7 +22,7 @@ import trio
 from raw_client import connect_unix, connect_ws
 
 from nexusd import Daemon, _cli
-from nexusd._config import FIELDS
+from nexusd._config import FIELDS, ConfigError, load_config
 from nexusd.store import StoreError
 
 NEXUSD = [sys.executable, "-m", "nexusd"]
@@ -41,7 +41,7 @@ async def test_serve_answers_then_exits_cleanly_on_sigterm(tmp_path: Path,
                                                            socket_dir: Path) -> None:
     sock = socket_dir / "n.sock"
     command = [*NEXUSD, "serve", "--socket", str(sock), "--ws", "127.0.0.1:0",
-               "--data", str(tmp_path / "data"), "--shutdown-grace", "5s"]
+               "--http", "off", "--data", str(tmp_path / "data"), "--shutdown-grace", "5s"]
     process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE,
                                                env=_environ(tmp_path))
     assert process.stderr is not None
@@ -124,7 +124,7 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
 
 def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
     result = subprocess.run([*NEXUSD, "serve", "--max-frame", "lots", "--socket", "off",
-                             "--ws", "off", "--data", str(tmp_path)],
+                             "--ws", "off", "--http", "off", "--data", str(tmp_path)],
                             capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
     assert result.returncode == 2
     assert "max_frame" in result.stderr
@@ -184,7 +184,7 @@ async def test_the_gc_policy_collects_young_objects_cpython_does_not_count(
 
 def _serve_error(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*NEXUSD, "serve", "--data", str(tmp_path / "data"),
-                           "--durability", "memory", *flags],
+                           "--durability", "memory", "--http", "off", *flags],
                           capture_output=True, text=True, timeout=30, env=_environ(tmp_path))
 
 
@@ -211,7 +211,7 @@ async def test_a_socket_a_live_daemon_serves_is_one_error_line(daemon: Daemon,
                                                                tmp_path: Path) -> None:
     assert daemon.socket_path is not None
     command = [*NEXUSD, "serve", "--data", str(tmp_path / "data2"), "--durability", "memory",
-               "--socket", str(daemon.socket_path), "--ws", "off"]
+               "--socket", str(daemon.socket_path), "--ws", "off", "--http", "off"]
     with trio.fail_after(30):
         done = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
                                       check=False, env=_environ(tmp_path))
@@ -261,3 +261,14 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_logged(
         "nexusd: error: unexpected ZeroDivisionError: division by zero"]
     [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert record.exc_info is not None
+
+
+def test_the_http_listener_setting(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}  # no config file
+    assert load_config(None, env, {}).http == "127.0.0.1:8000"  # the guide's port
+    assert load_config(None, {**env, "NEXUSD_HTTP": "off"}, {}).http is None
+    assert load_config(None, env, {"http": "[::1]:0"}).http == "[::1]:0"
+    with pytest.raises(ConfigError, match="http must be HOST:PORT or off, not 'nope'"):
+        load_config(None, env, {"http": "nope"})
+    with pytest.raises(ConfigError, match="sse_queue must be at least 1"):
+        load_config(None, env, {"sse_queue": "0"})

@@ -43,7 +43,7 @@ class DaemonProcess:
         self.socket = socket
         self.log = log
         self.args = [sys.executable, "-m", "nexusd", "serve", "--socket", str(socket),
-                     "--ws", "off", "--data", str(data), *flags]
+                     "--ws", "off", "--http", "off", "--data", str(data), *flags]
         self.proc: trio.Process | None = None
 
     async def start(self) -> None:

@@ -72,15 +72,17 @@ class DaemonProcess:
     """One run of ``nexusd serve`` on a data directory and a socket path."""
 
     def __init__(self, data: Path, socket: Path, log: Path, *flags: str,
-                 env: Mapping[str, str], ws: bool = True) -> None:
+                 env: Mapping[str, str], ws: bool = True, http: bool = False) -> None:
         self.data = data
         self.socket = socket
         self.log = log
         self.args = [*NEXUSD, "serve", "--socket", str(socket),
-                     "--ws", "127.0.0.1:0" if ws else "off", "--data", str(data),
+                     "--ws", "127.0.0.1:0" if ws else "off",
+                     "--http", "127.0.0.1:0" if http else "off", "--data", str(data),
                      "--shutdown-grace", "2s", *flags]
         self.env = dict(env)
         self.ws = ws
+        self.http = http
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -99,7 +101,14 @@ class DaemonProcess:
         """Listening on every listener it was given (as of this run's log)."""
         text = self.log_text().rsplit(" starting (pid ", 1)[-1]
         return (f"listening on unix:{self.socket}" in text
-                and (not self.ws or "listening on ws://" in text))
+                and (not self.ws or "listening on ws://" in text)
+                and (not self.http or "listening on http://" in text))
+
+    @property
+    def http_url(self) -> str:
+        urls = re.findall(r"listening on (http://127\.0\.0\.1:\d+)/", self.log_text())
+        assert urls, f"no HTTP listener in the log:\n{self.log_text()}"
+        return str(urls[-1])
 
     @property
     def ws_url(self) -> str:
