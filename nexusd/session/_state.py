@@ -345,7 +345,9 @@ class SessionState:
             "keys": len(self.entries),
             "total_events": total,
             "event_breakdown": self.event_breakdown(),
-            "channels_used": sorted(set(self.channels) | set(self.switched_to)),
+            "channels_used": sorted(self.channels),
+            # The guide's `channels_used`: the channels switched to.
+            "channels_switched_to": sorted(self.switched_to),
             "channel_activity": {c: dict(s) for c, s in self.channels.items()},
             "time_on_channels": self.time_on_channels(now),
             "current_channel": self.context.get("current_channel"),

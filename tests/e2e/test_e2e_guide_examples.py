@@ -35,6 +35,7 @@ def test_the_guides_analytics_example_prints_the_guides_figures(
     assert summary["total_events"] == 7
     assert summary["event_breakdown"] == {"session_created": 1, "workflow_executed": 3,
                                           "channel_switch": 2, "user_action": 1}
+    assert summary["channels_switched_to"] == ["cli", "mcp"]  # the guide's channels_used
     assert summary["workflows_executed"] == ["data-processor", "data-validator"]
     assert round(summary["total_execution_time"], 6) == 35.8
     assert round(summary["avg_execution_time"], 6) == 17.9

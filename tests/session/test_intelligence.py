@@ -81,7 +81,8 @@ def test_the_guides_seven_events_give_the_guides_figures() -> None:
     assert summary["total_events"] == 7
     assert summary["event_breakdown"] == {"session_created": 1, "workflow_executed": 3,
                                           "channel_switch": 2, "user_action": 1}
-    assert {"cli", "mcp"} <= set(summary["channels_used"])
+    assert summary["channels_switched_to"] == ["cli", "mcp"]  # the guide's channels_used
+    assert summary["channels_used"] == ["api"]  # where the requests came from
     assert summary["workflows_executed"] == ["data-processor", "data-validator"]
     assert summary["total_execution_time"] == pytest.approx(35.8)
     assert summary["avg_execution_time"] == pytest.approx(17.9)  # the guide's: per workflow
