@@ -58,6 +58,12 @@ def _optional_duration(value: Any) -> float | None:
     return parse_duration(value)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list setting: a TOML array, or one string of comma-separated items."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
 def _home() -> str:
     return os.path.expanduser("~")
 
@@ -120,6 +126,21 @@ class Config:
     handshake_timeout: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time allowed for hello (and before it, the WebSocket upgrade)"})
+    ws_ping_interval: float | None = attrs.field(
+        default=20.0, converter=_optional_duration,
+        metadata={"help": "ping a WebSocket client silent this long, and close it if it "
+                          "stays silent as long again ('off': never)"})
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(), converter=_names,
+        metadata={"help": "web pages that may open a WebSocket, comma-separated origins "
+                          "(https://app.example:8443) or '*'; clients that send no "
+                          "Origin (programs, not pages) are always allowed"})
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=_names,
+        metadata={"help": "host names browsers may reach the daemon by (the Host header), "
+                          "comma-separated, or '*'; default: the address it listens on "
+                          "(every loopback name for a loopback address; any name for "
+                          "0.0.0.0 or ::)"})
     write_timeout: float = attrs.field(
         default=30.0, converter=_duration,
         metadata={"help": "close a connection whose client stops reading this long"})
@@ -234,6 +255,26 @@ class Config:
     sse_queue_bytes: int = attrs.field(
         default=8 << 20,
         metadata={"help": "bytes queued per HTTP event stream before it lags"})
+    # Workflow runs (README "Workflows").
+    run_attempts: int = attrs.field(
+        default=3, metadata={"help": "dispatches of one workflow run at most (a worker that "
+                                     "dies or misses its lease loses the run)"})
+    run_wait: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "a run waits this long for a worker serving its workflow, then "
+                          "fails"})
+    run_lease: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "a worker reports (heartbeat, progress) within this, or its run "
+                          "is dispatched again"})
+    run_timeout: float = attrs.field(
+        default=3600.0, converter=_duration,
+        metadata={"help": "a run that has not ended this long after it started fails"})
+    run_backoff: float = attrs.field(
+        default=1.0, converter=_duration,
+        metadata={"help": "wait before a run's second attempt; doubles for each after"})
+    run_max_inputs: int = attrs.field(
+        default=64 * 1024, metadata={"help": "largest inputs of a run, encoded bytes"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -243,8 +284,8 @@ class Config:
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
-                     "http_max_body", "sse_queue", "sse_queue_bytes", "max_track",
-                     "track_rate", "max_context_keys"):
+                     "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
+                     "run_max_inputs", "max_track", "track_rate", "max_context_keys"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -257,6 +298,8 @@ class Config:
             raise ConfigError("create_rate must be above 0")
         if self.require_create_key not in ("auto", "always", "never"):
             raise ConfigError("require_create_key must be auto, always or never")
+        if self.run_lease <= 0:
+            raise ConfigError("run_lease must be above 0")
         if not 0 < self.insight_idle_warning <= 1 or not 0 <= self.recommend_success_rate <= 1:
             raise ConfigError("insight_idle_warning and recommend_success_rate are "
                               "fractions in (0, 1] and [0, 1]")

@@ -15,7 +15,11 @@ each request here with a sink for its reply:
   live, bounded by the subscriber itself (`push_event` returning False means
   lagging: it is sent `lagged` and dropped, and resumes from its `seq`).
 - `disconnect(principal)` ends the principal's subscriptions when its
-  channel goes away.
+  channel goes away (and, for a worker, hands its runs back).
+
+Workflow requests (`run`, `cancel_run`, and a worker's `register`,
+`heartbeat` and reports) go to the `Workflows` engine, which journals each
+step of a run through the session's actor (SPEC section 15).
 
 Creating sessions is where an unauthenticated client could cost the daemon
 the most, so the service checks it for every channel alike: a principal from
@@ -43,7 +47,6 @@ from nexus_protocol import (
     Ping,
     Pong,
     Report,
-    Run,
     SessionRequest,
     Sessions,
     Stats,
@@ -56,6 +59,7 @@ from ._registry import Registry
 from .session._analytics import ChannelAnalytics
 from .session._mailbox import Disconnect, Envelope
 from .store import Store
+from .workflows import Workflows
 
 __all__ = ["Call", "SessionService"]
 
@@ -64,6 +68,10 @@ log = logging.getLogger("nexusd.service")
 #: Sessions told per turn of the event loop that a closing channel no longer
 #: watches them: each wakes its actor, and one connection may watch thousands.
 DETACH_PER_TURN = 64
+
+#: Requests only a daemon with workflows serves.
+_WORKFLOW_TAGS = frozenset({"run", "cancel_run", "register", "heartbeat", "run_progress",
+                            "run_complete", "run_fail"})
 
 _DaemonRequest = Callable[[Principal, Any], Awaitable[Message]]
 
@@ -128,7 +136,10 @@ class SessionService:
 
     def __init__(self, *, registry: Registry, store: Store, analytics: ChannelAnalytics,
                  stats: Callable[[], Awaitable[dict[str, Any]]],
-                 busy_timeout: float, limits: PeerLimits) -> None:
+                 busy_timeout: float, limits: PeerLimits,
+                 workflows: Callable[[SessionService], Workflows] | None = None) -> None:
+        """`workflows` makes the engine that serves runs (given this service,
+        through which it journals); without it `run` is `unavailable`."""
         self._registry = registry
         self._limits = limits
         self._store = store
@@ -139,11 +150,13 @@ class SessionService:
         self._daemon_requests: dict[type[Message], tuple[bool, _DaemonRequest]] = {
             Ping: (False, self._ping),
             Create: (False, self._create),
-            Run: (False, self._run),
             Stats: (True, self._report_stats),
             Analytics: (True, self._report_analytics),
             ListSessions: (True, self._list_sessions),
         }
+        self.workflows = workflows(self) if workflows is not None else None
+        self._workflow_requests = (self.workflows.requests if self.workflows is not None
+                                   else frozenset())
 
     # ------------------------------------------------------------ requests
 
@@ -152,10 +165,17 @@ class SessionService:
         session's actor has served it. A request that fails is answered with
         an `error` reply; nothing is raised."""
         try:
+            if type(request) in self._workflow_requests:
+                assert self.workflows is not None
+                sink.reply(await self.workflows.serve(principal, request, sink))
+                return
             row = self._daemon_requests.get(type(request))
             if row is None:
-                # `Run` names a session too, but the daemon answers it: the
-                # daemon's table is looked up first.
+                if request.TAG in _WORKFLOW_TAGS:
+                    raise RequestError(ErrorCode.UNAVAILABLE,
+                                       "workflow execution is not available in this daemon")
+                # `run`, `cancel_run` and a worker's reports name a session
+                # too, but the engine answers them: it is looked up first.
                 if isinstance(request, SessionRequest):
                     await self._registry.submit(request.session_id,
                                                 Envelope(request, principal, sink),
@@ -214,6 +234,8 @@ class SessionService:
                 if n % DETACH_PER_TURN == 0:
                     await trio.lowlevel.checkpoint()
         principal.subscriptions.clear()
+        if self.workflows is not None:
+            self.workflows.disconnect(principal)
 
     # ------------------------------------------------- daemon-wide requests
 
@@ -231,10 +253,6 @@ class SessionService:
                                f"{peer.name} creates sessions faster than the daemon allows",
                                retry_after=self._limits.create_retry_after(peer))
         return await self._registry.create(principal, req)
-
-    async def _run(self, principal: Principal, req: Run) -> Message:
-        raise RequestError(ErrorCode.UNAVAILABLE,
-                           "workflow execution is not available in this daemon")
 
     async def _report_stats(self, principal: Principal, req: Stats) -> Message:
         return Report(id=req.id, report=await self._stats())

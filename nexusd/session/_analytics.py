@@ -29,7 +29,15 @@ from nexus_protocol import Change
 
 from ..store import Store
 from ._insights import InsightSettings, transition_report, workflow_report
-from ._state import add_run, add_switch, count_label, percentile, tracked_run, tracked_switch
+from ._state import (
+    add_run,
+    add_switch,
+    count_label,
+    ended_run,
+    percentile,
+    tracked_run,
+    tracked_switch,
+)
 
 __all__ = ["ChannelAnalytics"]
 
@@ -74,6 +82,10 @@ class ChannelAnalytics:
             to = tracked_switch(value)
             if to is not None:
                 count_label(self.switches_to, to)
+        elif op == "run":
+            ended = ended_run(value)
+            if ended is not None:
+                add_run(self.workflows, *ended)
         self.version += 1
 
     # ------------------------------------------------------------- storing

@@ -17,7 +17,7 @@ publishes it. A new request type is one function here and one row below.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 import msgpack
@@ -40,6 +40,7 @@ from nexus_protocol import (
     Renew,
     Renewed,
     Report,
+    Role,
     SessionRequest,
     Set,
     StateReply,
@@ -74,6 +75,8 @@ __all__ = [
     "Context",
     "Decision",
     "End",
+    "ReadRuns",
+    "RecordRun",
     "Subscribe",
     "Unsubscribe",
     "state_reply",
@@ -105,6 +108,31 @@ class Context:
     limits: CommandLimits
     # The channels watchers are attached on now (asked only by `recommend`).
     attached: Callable[[], Collection[str]] = tuple
+
+
+# ---------------------------------------------------- the daemon's requests
+
+
+@attrs.frozen(kw_only=True)
+class RecordRun(SessionRequest):
+    """Journals a step of a workflow run (a `run` change whose value is
+    `record`, stamped with its time); made by the workflows engine, never
+    read from the wire. Answered `written`."""
+
+    TAG: ClassVar[str] = "record_run"
+    ROLE: ClassVar[Role] = Role.REQUEST
+    record: dict[str, Any]
+    token: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ReadRuns(SessionRequest):
+    """The session's runs (`report`: {"runs": {run_id: record}}), for the
+    workflows engine; it needs write scope, as `run` does."""
+
+    TAG: ClassVar[str] = "read_runs"
+    ROLE: ClassVar[Role] = Role.REQUEST
+    token: str | None = None
 
 
 # ------------------------------------------------------------------ effects
@@ -435,6 +463,31 @@ def _recommend(state: SessionState, req: Recommend, ctx: Context) -> Decision:
                                               "task_type": req.task_type, **choice}))
 
 
+# ------------------------------------------------------------------- runs
+
+
+def _record_run(state: SessionState, req: RecordRun, ctx: Context) -> Decision:
+    record = req.record
+    run = state.runs.get(record["run_id"])
+    if record["event"] == "started":
+        if run is not None:
+            raise RequestError(ErrorCode.CONFLICT, f"run {record['run_id']!r} exists already")
+        _check_stored(ctx, "the run's inputs", record.get("inputs"))
+    elif run is None:
+        raise RequestError(ErrorCode.NOT_FOUND, f"no run {record['run_id']!r} in the session")
+    elif run["status"] != "running":
+        raise RequestError(ErrorCode.CONFLICT,
+                           f"run {record['run_id']!r} has ended ({run['status']})")
+    else:
+        _check_stored(ctx, "the run's data", record)
+    change = _change(state, ctx, "run", value={**record, "ts": ctx.now})
+    return Decision(Written(id=req.id, seq=change.seq), change)
+
+
+def _read_runs(state: SessionState, req: ReadRuns, ctx: Context) -> Decision:
+    return Decision(Report(id=req.id, report={"seq": state.seq, "runs": dict(state.runs)}))
+
+
 # ---------------------------------------------------- subscriptions, admin
 
 
@@ -474,6 +527,8 @@ COMMANDS: Final[dict[type[SessionRequest], Command]] = {
     SwitchBegin: Command(_switch_begin, "write", write=True),
     SwitchComplete: Command(_switch_complete, "write", write=True),
     Renew: Command(_renew, "write", write=True),
+    RecordRun: Command(_record_run, "write", write=True),
+    ReadRuns: Command(_read_runs, "write"),
     Get: Command(_get, "read"),
     Sync: Command(_sync, "read"),
     Summary: Command(_summary, "read"),

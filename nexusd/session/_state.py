@@ -14,8 +14,8 @@ import attrs
 import msgpack
 from nexus_protocol import Change
 
-__all__ = ["EPSILON", "MAX_TRANSITIONS", "Entry", "SessionState", "count_label", "pair_label",
-           "percentile"]
+__all__ = ["EPSILON", "MAX_RUNS", "MAX_TRANSITIONS", "RUN_ENDS", "Entry", "SessionState",
+           "count_label", "pair_label", "percentile"]
 
 #: Deadlines count as reached this close to them: wall-clock times go through
 #: float sums with trio's clock, which may land a rounding step short.
@@ -23,6 +23,11 @@ EPSILON: Final = 1e-6
 
 #: Channel transitions kept per session (the oldest are dropped).
 MAX_TRANSITIONS: Final = 100
+#: Ended workflow runs kept per session (the oldest are dropped; runs in
+#: flight are always kept).
+MAX_RUNS: Final = 100
+#: The events that end a run.
+RUN_ENDS: Final = frozenset({"completed", "failed", "cancelled"})
 #: Workflow-history items kept in the context.
 MAX_HISTORY: Final = 1000
 #: Distinct channel labels tracked per session, and per daemon-wide counter;
@@ -101,6 +106,14 @@ def tracked_run(value: dict[str, Any]) -> tuple[str, float] | None:
     return name, float(seconds)
 
 
+def ended_run(value: dict[str, Any]) -> tuple[str, float, bool] | None:
+    """(workflow, seconds, succeeded) of a `run` record that ends a run
+    with its duration; None for any other record."""
+    if value.get("event") not in RUN_ENDS or "duration" not in value:
+        return None
+    return str(value["workflow"]), float(value["duration"]), value["event"] == "completed"
+
+
 def tracked_switch(value: dict[str, Any]) -> str | None:
     """The `to_channel` of a tracked `channel_switch` event; None otherwise."""
     data = value.get("data")
@@ -156,11 +169,14 @@ class SessionState:
     switch_pairs: dict[str, dict[str, Any]] = attrs.Factory(dict)
     # channel -> switches to it (succeeded, and tracked `channel_switch`)
     switched_to: dict[str, int] = attrs.Factory(dict)
-    # workflow name -> run aggregate (see `add_run`)
+    # workflow name -> run aggregate (see `add_run`): runs the daemon ran,
+    # and tracked `workflow_executed` events
     workflows: dict[str, dict[str, Any]] = attrs.Factory(dict)
     # The `track` rate window: its index (ts // TRACK_WINDOW) and count.
     track_window: int = -1
     track_count: int = 0
+    # run_id -> the run's record, as its `run` changes left it (SPEC section 15)
+    runs: dict[str, dict[str, Any]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
         if not self.last_activity:
@@ -279,6 +295,11 @@ class SessionState:
             self.track_count += 1
         elif op == "renew":
             self.expires_at = value["expires_at"]
+        elif op == "run":
+            self._apply_run(value)
+            ended = ended_run(value)
+            if ended is not None:
+                add_run(self.workflows, *ended)
         else:
             raise ValueError(f"unknown change op {op!r}")
         self.seq = change.seq
@@ -301,6 +322,29 @@ class SessionState:
         current = str(self.context.get("current_channel"))
         times[current] = times.get(current, 0.0) + max(0.0, now - self.current_since)
         return times
+
+    def _apply_run(self, value: dict[str, Any]) -> None:
+        event = value["event"]
+        run = self.runs.get(value["run_id"])
+        if run is None:
+            run = self.runs[value["run_id"]] = {
+                "run_id": value["run_id"], "workflow": value["workflow"],
+                "status": "running", "attempt": 0, "step": 0, "total": 0, "progress": 0.0,
+                "started_at": value["ts"], "ended_at": None}
+        for key in ("inputs", "idempotency_key", "attempt", "step", "total", "progress",
+                    "message", "result", "error", "worker", "duration"):
+            if key in value:
+                run[key] = value[key]
+        if event in RUN_ENDS:
+            run["status"] = event
+            run["ended_at"] = value["ts"]
+            ended = [k for k, r in self.runs.items() if r["status"] in RUN_ENDS]
+            for k in ended[:-MAX_RUNS]:
+                del self.runs[k]
+
+    def runs_in_flight(self) -> list[dict[str, Any]]:
+        """The runs that have not ended, oldest first."""
+        return [r for r in self.runs.values() if r["status"] not in RUN_ENDS]
 
     # ------------------------------------------------------------- storing
 

@@ -23,16 +23,19 @@ __all__ = [
     "Analytics",
     "Attach",
     "Attached",
+    "CancelRun",
     "Change",
     "Create",
     "Created",
     "Delete",
     "Detach",
+    "Dispatch",
     "Error",
     "Expired",
     "Get",
     "Grant",
     "Granted",
+    "Heartbeat",
     "Hello",
     "Insights",
     "Invalidate",
@@ -49,6 +52,8 @@ __all__ = [
     "Presence",
     "Progress",
     "Recommend",
+    "Register",
+    "Registered",
     "Renew",
     "Renewed",
     "Report",
@@ -56,6 +61,9 @@ __all__ = [
     "Result",
     "Role",
     "Run",
+    "RunComplete",
+    "RunFail",
+    "RunProgress",
     "RunStarted",
     "SessionEvent",
     "SessionRequest",
@@ -424,12 +432,71 @@ class Analytics(Request):
 @_message("run", Role.REQUEST)
 @attrs.frozen(kw_only=True)
 class Run(SessionRequest):
-    """Runs a workflow in the session (reserved: answered `unavailable` in v1)."""
+    """Runs a workflow in the session: a worker serving `workflow` runs it.
+    `resume`: join the run of this workflow in flight, or start one that
+    continues from the step the session records."""
 
     workflow: str = _field(Kind.STR)
     inputs: dict[str, Any] | None = _field(Kind.MAP, None)
     resume: bool = _field(Kind.BOOL, False)
     token: str | None = _field(Kind.STR, None)
+
+
+@_message("cancel_run", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class CancelRun(SessionRequest):
+    """Cancels a run in flight; its worker is told with a `result` event."""
+
+    run_id: str = _field(Kind.STR)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("register", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class Register(Request):
+    """Makes this connection a worker serving the `workflows` named: runs of
+    them arrive as `dispatch` events, at most `concurrency` at a time."""
+
+    workflows: list[Any] = _field(Kind.LIST)
+    concurrency: int = _field(Kind.UINT, 1)
+
+
+@_message("heartbeat", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class Heartbeat(Request):
+    """A worker is alive: the leases of the runs it holds are renewed."""
+
+
+@_message("run_progress", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class RunProgress(SessionRequest):
+    """A worker reports step `step` of `total` of a run it holds."""
+
+    run_id: str = _field(Kind.STR)
+    step: int = _field(Kind.UINT)
+    total: int = _field(Kind.UINT)
+    message: str = _field(Kind.STR, "")
+    data: Any = _field(Kind.VALUE, None)
+
+
+@_message("run_complete", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class RunComplete(SessionRequest):
+    """A worker finished a run it holds, with `result` as its outputs."""
+
+    run_id: str = _field(Kind.STR)
+    result: Any = _field(Kind.VALUE, None)
+
+
+@_message("run_fail", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class RunFail(SessionRequest):
+    """A worker gives up a run it holds. `retry`: dispatch it again (another
+    attempt, if any is left); otherwise the run fails with `error`."""
+
+    run_id: str = _field(Kind.STR)
+    error: str = _field(Kind.STR)
+    retry: bool = _field(Kind.BOOL, False)
 
 
 # ---------------------------------------------------------------- replies
@@ -588,6 +655,16 @@ class RunStarted(Message):
     seq: int = _field(Kind.UINT)
 
 
+@_message("registered", Role.REPLY)
+@attrs.frozen(kw_only=True)
+class Registered(Message):
+    """This connection is a worker; heartbeat at least once per `lease` seconds."""
+
+    id: int = _field(Kind.UINT)
+    worker_id: str = _field(Kind.STR)
+    lease: float = _field(Kind.FLOAT)
+
+
 # ---------------------------------------------------------------- events
 
 
@@ -659,7 +736,7 @@ class Invalidated(SessionEvent):
 @_message("progress", Role.EVENT)
 @attrs.frozen(kw_only=True)
 class Progress(SessionEvent):
-    """Workflow progress (reserved)."""
+    """Progress of a run, to the connection that asked for it."""
 
     run_id: str = _field(Kind.STR)
     progress: float = _field(Kind.FLOAT)
@@ -669,8 +746,25 @@ class Progress(SessionEvent):
 @_message("result", Role.EVENT)
 @attrs.frozen(kw_only=True)
 class Result(SessionEvent):
-    """Workflow outcome (reserved). `status`: completed, failed, cancelled."""
+    """A run's outcome (`status`: completed, failed, cancelled), to the
+    connection that asked for it, and `cancelled` to the worker holding it."""
 
     run_id: str = _field(Kind.STR)
     status: str = _field(Kind.STR)
     result: Any = _field(Kind.VALUE, None)
+
+
+@_message("dispatch", Role.EVENT)
+@attrs.frozen(kw_only=True)
+class Dispatch(SessionEvent):
+    """To a worker: run `workflow` in the session. The worker holds the run
+    while it heartbeats within `lease` seconds; the same run may come again
+    (`attempt` + 1, same `idempotency_key`) if it did not."""
+
+    run_id: str = _field(Kind.STR)
+    workflow: str = _field(Kind.STR)
+    inputs: dict[str, Any] = _field(Kind.MAP)
+    attempt: int = _field(Kind.UINT)
+    idempotency_key: str = _field(Kind.STR)
+    lease: float = _field(Kind.FLOAT)
+    resume: bool = _field(Kind.BOOL, False)

@@ -16,6 +16,8 @@ PUBLIC = {
     "retry", "retry_async", "RETRYABLE", "start_channel",
     # blocking facade
     "Nexus",
+    # workers
+    "Worker", "RunContext", "SyncRunContext", "Retry", "steps",
     # results and events
     "SessionInfo", "SessionState", "Entry", "WriteResult", "Transition", "Renewal",
     "SessionPage", "Change", "Snapshot", "Presence", "Expired", "Invalidated", "Progress",

@@ -199,11 +199,11 @@ def test_conflict_exits_6_and_changes_nothing(cli: Cli, daemon: DaemonProcess) -
     assert (r.code, r.out) == (0, "1\n")
 
 
-def test_run_on_protocol_v1_exits_7(cli: Cli, daemon: DaemonProcess) -> None:
+def test_run_of_a_workflow_no_worker_serves_exits_3(cli: Cli, daemon: DaemonProcess) -> None:
     r = cli.run("run", "data-processor", "--session", create(daemon), "--continue")
-    assert r.code == 7
-    assert "workflow execution is not available" in r.error_line
-    assert "nexus: hint: this daemon does not execute workflows" in r.err
+    assert r.code == 3
+    assert "unknown workflow 'data-processor': no worker has registered it" in r.error_line
+    assert "nexus: hint: start a worker serving it: `nexus worker MODULE:OBJECT`" in r.err
 
 
 def test_cannot_connect_exits_8(offline_cli: Cli, socket_dir: Path) -> None:

@@ -8,7 +8,7 @@ import nexus_protocol as p
 import pytest
 
 from nexusd._errors import RequestError
-from nexusd.session._commands import COMMANDS, CommandLimits, Context
+from nexusd.session._commands import COMMANDS, CommandLimits, Context, ReadRuns, RecordRun
 from nexusd.session._state import SessionState
 
 NOW = 1_000.0
@@ -78,4 +78,6 @@ def test_each_row_declares_the_scope_its_request_needs() -> None:
         attach_scope(p.Attach(id=1, session_id="s", scope="admin"))
     writes = {cls for cls, row in COMMANDS.items() if row.write}
     assert writes == {p.Set, p.Delete, p.Patch, p.UpdateContext, p.SwitchBegin,
-                      p.SwitchComplete, p.Renew, p.MergeContext, p.Track}
+                      p.SwitchComplete, p.Renew, p.MergeContext, p.Track, RecordRun}
+    # A run's records and reads need what `run` needs.
+    assert scopes[RecordRun] == scopes[ReadRuns] == "write"

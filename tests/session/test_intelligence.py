@@ -14,7 +14,7 @@ import trio.testing
 
 from nexusd._errors import RequestError
 from nexusd.session._analytics import ChannelAnalytics
-from nexusd.session._commands import COMMANDS, CommandLimits, Context
+from nexusd.session._commands import COMMANDS, CommandLimits, Context, RecordRun
 from nexusd.session._insights import InsightSettings, recommend, session_insights
 from nexusd.session._state import SessionState
 from nexusd.store import MemoryStore
@@ -280,3 +280,21 @@ async def test_daemon_wide_analytics_are_stored_every_period_when_changed(
         restored.restore(stored)
         assert restored.report()["sessions_created_by_channel"] == {"cli": 1}
         nursery.cancel_scope.cancel()
+
+
+def test_runs_the_daemon_ran_count_in_the_workflow_figures() -> None:
+    s = Session()
+    for n, (outcome, seconds) in enumerate((("completed", 20.0), ("failed", 45.0),
+                                            ("completed", 41.0))):
+        run = {"run_id": f"r{n}", "workflow": "data-processor"}
+        s.do(RecordRun(id=1, session_id="s", record={**run, "event": "started"}), T0 + n)
+        s.do(RecordRun(id=1, session_id="s", record={**run, "event": outcome,
+                                                     "duration": seconds}), T0 + n)
+    perf = s.report(p.Summary(id=1, session_id="s"), T0 + 10)["performance"]
+    processor = perf["data-processor"]
+    assert (processor["total_executions"], processor["success_rate"]) == (3, pytest.approx(2 / 3))
+    assert (processor["p50_execution_time"], processor["p95_execution_time"]) == (41.0, 45.0)
+    assert processor["performance_trend"] == "degrading"
+    assert s.analytics.report()["performance"] == perf
+    assert _rules(session_insights(s.state, T0 + 10, SETTINGS))["slow_workflow"] == \
+        "workflow data-processor p95 45 s, over the 30 s threshold"

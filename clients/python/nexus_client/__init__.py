@@ -90,3 +90,8 @@ from ._types import WriteResult as WriteResult
 from ._version import __version__ as __version__
 from ._watch import Watch as Watch
 from ._watch import WatchStatistics as WatchStatistics
+from ._worker import Retry as Retry
+from ._worker import RunContext as RunContext
+from ._worker import SyncRunContext as SyncRunContext
+from ._worker import Worker as Worker
+from ._worker import steps as steps

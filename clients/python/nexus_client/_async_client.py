@@ -6,18 +6,22 @@ delivery rules live in `_core` (see its docstring).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final, overload
 
 import trio
 from nexus_protocol import (
     Analytics,
+    CancelRun,
     Create,
     Created,
     Delete,
     Get,
     Grant,
     Granted,
+    Heartbeat,
     Insights,
     Invalidate,
     ListSessions,
@@ -26,11 +30,18 @@ from nexus_protocol import (
     Patch,
     Ping,
     Pong,
+    Progress,
     Recommend,
+    Register,
+    Registered,
     Renew,
     Renewed,
     Report,
+    Result,
     Run,
+    RunComplete,
+    RunFail,
+    RunProgress,
     RunStarted,
     Sessions,
     Set,
@@ -281,17 +292,104 @@ class AsyncClient(_ClientCore):
 
     async def run(self, session_id: str, workflow: str, inputs: dict[str, Any] | None = None,
                   *, resume: bool = False, token: str | None = None) -> str:
-        """Starts `workflow` in the session; returns its run id.
+        """Starts `workflow` in the session (a worker serving it runs it);
+        returns its run id. `resume`: join the run of `workflow` in flight, or
+        start one that continues from the step the session records.
 
         Raises:
-            Unavailable: always, on protocol v1 daemons (workflow execution is
-                reserved in the protocol but not offered).
+            SessionNotFound: no such session, or no worker ever registered
+                `workflow` (`message` says which).
+            Unavailable: the daemon does not run workflows.
         """
         tok = self._token(session_id, token)
         reply = await self._request(
             lambda rid: Run(id=rid, session_id=session_id, workflow=workflow, inputs=inputs,
                             resume=resume, token=tok), RunStarted, session_id=session_id)
         return str(reply.run_id)
+
+    @asynccontextmanager
+    async def follow_runs(self, session_id: str, buffer: int = 1024
+                          ) -> AsyncIterator[trio.MemoryReceiveChannel[Progress | Result]]:
+        """The `progress` and `result` events of the runs this client starts
+        in the session while the context is open (enter it before `run`, so
+        that no event is missed). Events are not replayed across reconnects:
+        the session's `run` changes (a `watch`) are the durable record."""
+        send, receive = trio.open_memory_channel[Progress | Result](buffer)
+
+        def listener(message: Any) -> None:
+            # A slow reader misses progress; the session's journal has it.
+            with contextlib.suppress(trio.WouldBlock):
+                send.send_nowait(message)
+
+        listeners = self._run_events.setdefault(session_id, [])
+        listeners.append(listener)
+        try:
+            yield receive
+        finally:
+            listeners.remove(listener)
+            if not listeners:
+                del self._run_events[session_id]
+
+    async def run_and_wait(self, session_id: str, workflow: str,
+                           inputs: dict[str, Any] | None = None, *, resume: bool = False,
+                           token: str | None = None,
+                           on_progress: Any = None) -> Result:
+        """Runs `workflow` and returns its `Result` (status completed, failed
+        or cancelled); `on_progress(event)` is called with each `Progress`."""
+        async with self.follow_runs(session_id) as events:
+            run_id = await self.run(session_id, workflow, inputs, resume=resume, token=token)
+            async for event in events:
+                if event.run_id != run_id:
+                    continue
+                if isinstance(event, Result):
+                    return event
+                if on_progress is not None:
+                    on_progress(event)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def cancel_run(self, session_id: str, run_id: str, *,
+                         token: str | None = None) -> WriteResult:
+        """Cancels a run in flight."""
+        tok = self._token(session_id, token)
+        reply = await self._request(
+            lambda rid: CancelRun(id=rid, session_id=session_id, run_id=run_id, token=tok),
+            Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
+
+    # -------------------------------------------------------- worker requests
+
+    async def register_worker(self, workflows: list[str], *, concurrency: int = 1
+                              ) -> Registered:
+        """Makes this connection a worker of `workflows` (see `Worker`)."""
+        return await self._request(
+            lambda rid: Register(id=rid, workflows=list(workflows), concurrency=concurrency),
+            Registered)
+
+    async def heartbeat(self) -> None:
+        """Renews the leases of the runs this worker holds."""
+        await self._request(lambda rid: Heartbeat(id=rid), Ok)
+
+    async def report_progress(self, session_id: str, run_id: str, step: int, total: int,
+                              message: str = "", data: Any = None) -> WriteResult:
+        reply = await self._request(
+            lambda rid: RunProgress(id=rid, session_id=session_id, run_id=run_id, step=step,
+                                    total=total, message=message, data=data),
+            Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
+
+    async def complete_run(self, session_id: str, run_id: str, result: Any = None
+                           ) -> WriteResult:
+        reply = await self._request(
+            lambda rid: RunComplete(id=rid, session_id=session_id, run_id=run_id,
+                                    result=result), Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
+
+    async def fail_run(self, session_id: str, run_id: str, error: str, *,
+                       retry: bool = False) -> WriteResult:
+        reply = await self._request(
+            lambda rid: RunFail(id=rid, session_id=session_id, run_id=run_id, error=error,
+                                retry=retry), Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
 
     async def merge_context(self, session_id: str, values: Mapping[str, Any], *,
                             channel: str | None = None,

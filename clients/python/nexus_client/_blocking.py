@@ -26,6 +26,7 @@ from ._credentials import CredentialStore
 from ._errors import SessionExpired, SessionNotFound
 from ._transport import Target
 from ._types import Entry, SessionState
+from ._worker import Worker
 
 __all__ = ["Nexus"]
 
@@ -101,6 +102,8 @@ class Nexus:
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._stop: trio.Event | None = None
+        self._worker = Worker()
+        self._serving = False
         self._thread = threading.Thread(target=self._thread_main, name="nexus-client",
                                         daemon=True)
         self._thread.start()
@@ -443,13 +446,49 @@ class Nexus:
 
     def run(self, workflow: str, session_id: str, inputs: dict[str, Any] | None = None, *,
             resume: bool = False) -> str:
-        """Runs a workflow in the session.
+        """Starts a workflow in the session (a worker serving it runs it);
+        returns the run id at once. `execute` waits for the outcome.
 
         Raises:
-            Unavailable: always on protocol v1 daemons.
+            SessionNotFound: no such session, or no worker ever served `workflow`.
+            Unavailable: the daemon does not run workflows.
         """
         self._need_token(session_id)
         return self._call(self._client.run, session_id, workflow, inputs, resume=resume)
+
+    def execute(self, workflow: str, session_id: str, inputs: dict[str, Any] | None = None,
+                *, resume: bool = False) -> dict[str, Any]:
+        """Runs a workflow in the session and waits for it: returns
+        ``{"run_id", "state", "progress", "result"}`` (`state`: completed,
+        failed or cancelled; `progress`: the last reported, 0.0 … 1.0)."""
+        self._need_token(session_id)
+        last = [0.0]
+
+        def on_progress(event: Any) -> None:
+            last[0] = event.progress
+
+        result = self._call(self._client.run_and_wait, session_id, workflow, inputs,
+                            resume=resume, on_progress=on_progress)
+        progress = 1.0 if result.status == "completed" else last[0]
+        return {"run_id": result.run_id, "state": result.status, "progress": progress,
+                "result": result.result}
+
+    def register(self, name: str, fn: Callable[..., Any], *, concurrency: int = 1) -> None:
+        """Serves workflow `name` from this process: `fn(ctx, inputs)` runs in
+        the client's thread if it is async, in a worker thread if not (see
+        `Worker`). The first call starts serving; later ones add names."""
+        self._worker.register(name, fn)
+        self._call(self._serve_workflows, concurrency)
+
+    async def _serve_workflows(self, concurrency: int) -> None:
+        if self._serving:
+            await self._client.register_worker(self._worker.names, concurrency=concurrency)
+            return
+        assert self._nursery is not None
+        self._serving = True
+        await self._nursery.start(
+            lambda task_status: self._worker.serve(self._client, concurrency=concurrency,
+                                                   task_status=task_status))
 
     def ping(self) -> float:
         """Round trip to the daemon, in seconds."""

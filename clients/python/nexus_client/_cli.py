@@ -8,6 +8,7 @@ exits with a code from `ExitCode`. Errors are one line on stderr:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -68,6 +69,19 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _inputs(text: str) -> list[tuple[str, Any]]:
+    """A workflow input: KEY=VALUE, or a JSON object of several."""
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"--input is not a JSON object: {exc}") from None
+        if not isinstance(doc, dict):
+            raise argparse.ArgumentTypeError("--input JSON must be an object")
+        return list(doc.items())
+    return [_assignment(text)]
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -310,15 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
 
     p = command(commands, "run", _commands.cmd_run,
-                "run a workflow in a session (protocol v1 daemons answer unavailable: "
-                f"exit {int(ExitCode.UNAVAILABLE)})")
+                "run a workflow in a session and follow it to its end (a progress bar "
+                "on a terminal, JSON lines otherwise); exit 1 if it fails")
     p.add_argument("workflow", metavar="WORKFLOW")
     p.add_argument("--session", required=True, metavar="ID", dest="session_id")
     p.add_argument("--continue", action="store_true", dest="resume",
-                   help="continue the session's previous run of the workflow")
-    p.add_argument("--input", dest="inputs", type=_assignment, action="append", default=[],
-                   metavar="K=V", help="workflow input (VALUE as JSON or text); repeatable")
+                   help="join the run in flight, or continue from the step the session "
+                        "records")
+    p.add_argument("--input", dest="inputs", type=_inputs, action="append", default=[],
+                   metavar="JSON|K=V",
+                   help="workflow inputs: a JSON object, or K=V (VALUE as JSON or text); "
+                        "repeatable")
+    p.add_argument("--detach", action="store_true",
+                   help="print the run id and exit without waiting")
     json_flag(p)
+
+    p = command(commands, "worker", _commands.cmd_worker,
+                "serve workflows: MODULE:OBJECT is a Worker, or a dict of name -> "
+                "function; SIGINT/SIGTERM stop it cleanly")
+    p.add_argument("spec", metavar="MODULE:OBJECT")
+    p.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="runs at once (default 1)")
     return parser
 
 
@@ -399,8 +425,11 @@ def _hint(exc: NexusError, ctx: Context) -> str | None:
         return (f"no token for session {sid}: pass --token, set NEXUS_TOKEN, or create it "
                 "with `nexus session create` (which stores it)")
     if isinstance(exc, Unavailable) and a.command == "run":
-        return ("this daemon does not execute workflows (protocol v1 reserves `run`); "
+        return ("this daemon does not execute workflows; "
                 f"exit code {int(ExitCode.UNAVAILABLE)}")
+    if isinstance(exc, SessionNotFound) and a.command == "run" \
+            and "unknown workflow" in exc.message:
+        return "start a worker serving it: `nexus worker MODULE:OBJECT`"
     return None
 
 
@@ -409,7 +438,7 @@ def _hint(exc: NexusError, ctx: Context) -> str | None:
 
 async def _run(ctx: Context, target: Target) -> int:
     a = ctx.args
-    watching = a.command == "watch"
+    watching = a.command in ("watch", "worker")
     timeout = ctx.option("timeout") or 10.0
     client = AsyncClient(
         target, channel="cli", client_name=CLI_CLIENT_NAME,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import importlib.util
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
 import attrs
-from nexus_protocol import Expired, Invalidated
+from nexus_protocol import Expired, Invalidated, Progress
 
 from ._async_client import AsyncClient
 from ._credentials import CredentialStore
@@ -30,6 +33,7 @@ from ._render import (
     parse_value,
     to_json,
 )
+from ._worker import Worker
 
 __all__ = ["Context", "UsageError"]
 
@@ -357,6 +361,75 @@ async def cmd_ping(client: AsyncClient, ctx: Context) -> int:
 async def cmd_run(client: AsyncClient, ctx: Context) -> int:
     a = ctx.args
     sid = ctx.use_session(client, a.session_id)
-    run_id = await client.run(sid, a.workflow, dict(a.inputs) or None, resume=a.resume)
-    ctx.print(to_json({"run_id": run_id}) if a.json else f"run {run_id} started")
+    inputs = {k: v for group in a.inputs for k, v in group} or None
+    if a.detach:
+        run_id = await client.run(sid, a.workflow, inputs, resume=a.resume)
+        ctx.print(to_json({"run_id": run_id}) if a.json else f"run {run_id} started")
+        return ExitCode.OK
+    bar = not a.json and ctx.out.isatty()
+
+    def on_progress(event: Progress) -> None:
+        if bar:
+            filled = int(event.progress * 30)
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {event.progress * 100:5.1f}% "
+                  f"{event.step or ''}"[:79].ljust(79), end="", file=ctx.out, flush=True)
+        else:
+            ctx.print(to_json({"run_id": event.run_id, "event": "progress",
+                               "progress": event.progress, "step": event.step}))
+
+    result = await client.run_and_wait(sid, a.workflow, inputs, resume=a.resume,
+                                       on_progress=on_progress)
+    if bar:
+        print(file=ctx.out)
+    ctx.print(to_json({"run_id": result.run_id, "event": "result", "state": result.status,
+                       "result": result.result}))
+    return ExitCode.OK if result.status == "completed" else ExitCode.FAILURE
+
+
+def load_object(spec: str) -> Any:
+    """The object `MODULE:OBJECT` names (MODULE imported, or a .py file).
+
+    Raises:
+        ValueError: it cannot be found.
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"expected MODULE:OBJECT, got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location("_nexus_worker", module_name)
+            if module_spec is None or module_spec.loader is None:
+                raise ImportError(module_name)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name}: {exc}") from None
+    obj = module
+    for part in name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{module_name} has no {name}") from None
+    return obj
+
+
+async def cmd_worker(client: AsyncClient, ctx: Context) -> int:
+    a = ctx.args
+    try:
+        obj = load_object(a.spec)
+        if callable(obj) and not isinstance(obj, Worker):
+            obj = obj()
+        worker = obj if isinstance(obj, Worker) else Worker(obj)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"worker {a.spec}: {exc}") from None
+    if not worker.names:
+        raise UsageError(f"worker {a.spec}: it serves no workflow")
+    if a.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    ctx.note(f"nexus: worker serving {', '.join(worker.names)}")
+    await worker.serve(client, concurrency=a.concurrency)
     return ExitCode.OK

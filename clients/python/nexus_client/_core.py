@@ -169,6 +169,11 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
         self._link: _Link | None = None
         self._link_changed: trio.Event | None = None
         self._watches: dict[str, _Subscriber] = {}
+        # Takes `dispatch` events and a worker's `result` (cancelled) events.
+        self._worker_events: Callable[[Message], None] | None = None
+        # Session id -> listeners of the `progress`/`result` events of runs
+        # this client asked for.
+        self._run_events: dict[str, list[Callable[[Message], None]]] = {}
         self._detaching: dict[str, trio.Event] = {}
         self._failure: NexusError | None = None
         self._entered = False
@@ -617,6 +622,12 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
             pending.done.set()
             return
         if isinstance(message, SessionEvent):
+            tag = message.TAG
+            if tag in ("dispatch", "result") and self._worker_events is not None:
+                self._worker_events(message)
+            if tag in ("progress", "result"):
+                for listener in self._run_events.get(message.session_id, ()):
+                    listener(message)
             watch = self._watches.get(message.session_id)
             if watch is not None:
                 watch._deliver(link, message)
