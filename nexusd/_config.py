@@ -201,6 +201,40 @@ class Config:
     max_connections_per_peer: int = attrs.field(
         default=1_000,
         metadata={"help": "most connections from one network address"})
+    # Session intelligence (README "Analytics and insights").
+    max_track: int = attrs.field(
+        default=4096, metadata={"help": "largest tracked event's data, encoded bytes"})
+    track_rate: int = attrs.field(
+        default=600, metadata={"help": "events a session may track per minute"})
+    max_context_keys: int = attrs.field(
+        default=64, metadata={"help": "free-form context keys a session may hold"})
+    analytics_save_every: float = attrs.field(
+        default=5.0, converter=_duration,
+        metadata={"help": "store the daemon-wide analytics this often when they changed"})
+    insight_long_session: float = attrs.field(
+        default=3600.0, converter=_duration,
+        metadata={"help": "insight: a session open longer is long"})
+    insight_high_activity: int = attrs.field(
+        default=10, metadata={"help": "insight: a session with more events is very active"})
+    insight_many_channels: int = attrs.field(
+        default=2, metadata={"help": "insight: a session on more channels is multi-channel"})
+    insight_idle_warning: float = attrs.field(
+        default=0.8, converter=float,
+        metadata={"help": "insight: warn once this fraction of the idle timeout is gone"})
+    insight_expiry_warning: float = attrs.field(
+        default=600.0, converter=_duration,
+        metadata={"help": "insight: warn this long before a session's lifetime ends"})
+    insight_slow_workflow: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "insight: a workflow whose p95 run time is above is slow"})
+    recommend_success_rate: float = attrs.field(
+        default=0.8, converter=float,
+        metadata={"help": "recommend a channel from history if switches to it succeeded "
+                          "at least this often (also the failing-switches insight)"})
+    recommend_avoid_for: float = attrs.field(
+        default=600.0, converter=_duration,
+        metadata={"help": "avoid recommending a channel this long after a switch to it "
+                          "failed"})
     shutdown_grace: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
@@ -249,7 +283,8 @@ class Config:
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
                      "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
-                     "run_max_inputs", "wal_limit"):
+                     "run_max_inputs", "wal_limit", "max_track", "track_rate",
+                     "max_context_keys"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -264,6 +299,11 @@ class Config:
             raise ConfigError("require_create_key must be auto, always or never")
         if self.run_lease <= 0:
             raise ConfigError("run_lease must be above 0")
+        if not 0 < self.insight_idle_warning <= 1 or not 0 <= self.recommend_success_rate <= 1:
+            raise ConfigError("insight_idle_warning and recommend_success_rate are "
+                              "fractions in (0, 1] and [0, 1]")
+        if self.analytics_save_every <= 0:
+            raise ConfigError("analytics_save_every must be above 0")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:

@@ -41,6 +41,7 @@ from .http import HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
+from .session._insights import InsightSettings
 from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
@@ -139,7 +140,16 @@ class Daemon:
             max_connections=config.max_connections,
             max_connections_per_peer=config.max_connections_per_peer,
             create_rate=config.create_rate, create_burst=config.create_burst))
-        self.analytics = ChannelAnalytics()
+        self.insight = InsightSettings(
+            long_session=config.insight_long_session,
+            high_activity=config.insight_high_activity,
+            many_channels=config.insight_many_channels,
+            idle_warning=config.insight_idle_warning,
+            expiry_warning=config.insight_expiry_warning,
+            slow_workflow=config.insight_slow_workflow,
+            success_rate=config.recommend_success_rate,
+            avoid_for=config.recommend_avoid_for)
+        self.analytics = ChannelAnalytics(self.insight)
         self.clock: WallClock  # made in `run`, from trio's clock
         self.registry: Registry
         self.reaper: Reaper
@@ -196,6 +206,7 @@ class Daemon:
             pid_file.write_text(f"{os.getpid()}\n")
         self._started_at = trio.current_time()
         self._started_wall = time.time()
+        self.analytics.restore(await self.store.load_analytics())
         try:
             async with trio.open_nursery() as actors:
                 deadlines = Deadlines()
@@ -205,7 +216,11 @@ class Daemon:
                     limits=CommandLimits(max_depth=config.max_depth,
                                          max_patch=config.max_patch,
                                          max_keys=config.max_keys, max_ttl=config.max_ttl,
-                                         max_context=config.max_context),
+                                         max_context=config.max_context,
+                                         max_context_keys=config.max_context_keys,
+                                         max_track=config.max_track,
+                                         track_rate=config.track_rate,
+                                         insight=self.insight),
                     max_frame=config.max_frame,
                     policy=SessionPolicy(
                         config.default_ttl, config.max_ttl, config.default_idle,
@@ -231,6 +246,8 @@ class Daemon:
                     await services.start(self.service.workflows.run)
                     await services.start(self.registry.hibernate_quiet)
                     await services.start(self.peer_limits.run)
+                    await services.start(self.analytics.keep, self.store,
+                                         config.analytics_save_every)
                     if keys is not None:
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.
@@ -247,6 +264,9 @@ class Daemon:
                         await self._drain_connections()
                     services.cancel_scope.cancel()
                 await self.registry.aclose()
+            # After the last commit: a clean restart gives the same figures.
+            with trio.move_on_after(10, shield=True):
+                await self.analytics.save(self.store)
         finally:
             with trio.move_on_after(30, shield=True):
                 await self.store.aclose()

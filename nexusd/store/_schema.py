@@ -95,9 +95,15 @@ def _schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sessions ADD COLUMN idle_lag REAL NOT NULL DEFAULT 0")
 
 
+def _schema_4(conn: sqlite3.Connection) -> None:
+    # Daemon-wide aggregates stored whole (the analytics document): counts
+    # keyed by labels, no session data, so kept outside the sealed rows.
+    conn.execute("CREATE TABLE aggregates (name TEXT PRIMARY KEY, doc BLOB NOT NULL)")
+
+
 #: Migration i brings a database from user_version i to i + 1. Append only.
 MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (
-    _schema_1, _schema_2, _schema_3)
+    _schema_1, _schema_2, _schema_3, _schema_4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 

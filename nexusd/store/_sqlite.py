@@ -494,6 +494,19 @@ class SqliteStore:
             return n
         return await self._read(run)
 
+    async def save_analytics(self, doc: bytes) -> None:
+        """Stores the daemon-wide analytics document, replacing the last."""
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO aggregates VALUES ('analytics', ?)", (doc,))
+        await self._write("analytics", run)
+
+    async def load_analytics(self) -> bytes | None:
+        """The analytics document last stored, or None."""
+        def run(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT doc FROM aggregates WHERE name = 'analytics'").fetchone()
+            return None if row is None else bytes(row[0])
+        return await self._read(run)
+
     async def aclose(self) -> None:
         """Finishes the queued writes, then closes every connection. Idempotent."""
         if self._closed:

@@ -538,10 +538,11 @@ async def test_migrates_a_version_1_database(tmp_path: Path, keyring: KeyRing) -
         await store.create(make_meta("new"), b"")
         assert await store.count() == 2
         assert [m.session_id for m in await store.due(600.0, 10)] == ["old"]
+        assert await store.load_analytics() is None  # schema 4: none stored yet
     finally:
         await store.aclose()
     with raw_db(tmp_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 async def test_refuses_a_newer_schema(tmp_path: Path, keyring: KeyRing) -> None:
