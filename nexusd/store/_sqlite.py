@@ -59,7 +59,6 @@ from ._interface import (
 )
 from ._lock import lock_data_dir
 from ._schema import (
-    BUSY_TIMEOUT_MS,
     DB_FILE,
     DUE_SQL,
     INSERT_EVENT,
@@ -68,6 +67,7 @@ from ._schema import (
     NEXT_DEADLINE_SQL,
     UPDATE_META,
     check_keys,
+    connect_db,
     fixed_meta,
     meta_from_row,
     meta_params,
@@ -121,31 +121,6 @@ class StoreStatistics:
     wal_bytes: int
     checkpoints: int
     wal_truncations: int
-
-
-def _connect(target: str, durability: str, *, wal_limit: int = 64 << 20,
-             uri: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000, uri=uri)
-    try:
-        if durability == "none":
-            conn.execute("PRAGMA journal_mode = MEMORY")
-            conn.execute("PRAGMA synchronous = OFF")
-        else:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"cannot put the database in WAL mode (it is in {mode})")
-            level = "FULL" if durability == "power" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous = {level}")
-            # A WAL that grew past this while readers kept it from resetting
-            # is cut back to it at its next reset (never by a connection that
-            # commits in trio's thread: see `open_sqlite_store`).
-            conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit)}")
-        conn.execute("PRAGMA secure_delete = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 # -- the store --------------------------------------------------------------
@@ -609,13 +584,13 @@ async def open_sqlite_store(
             # Created 0600 here; SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(target, os.O_RDWR | os.O_CREAT, 0o600))
         try:
-            conn = _connect(target, durability, wal_limit=wal_limit)
+            conn = connect_db(target, durability, wal_limit=wal_limit)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {target}: {exc}") from None
         try:
             migrate(conn)
             check_keys(conn, ring)
-            pool = [_connect(target, durability, wal_limit=wal_limit) for _ in range(readers)
+            pool = [connect_db(target, durability, wal_limit=wal_limit) for _ in range(readers)
                     if durability != "none"]
             for r in pool:
                 r.execute("PRAGMA query_only = ON")
@@ -625,7 +600,7 @@ async def open_sqlite_store(
                 # in its thread: this connection commits in trio's.
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
                 conn.execute("PRAGMA journal_size_limit = -1")
-                checkpointer = Checkpointer(_connect(target, durability, wal_limit=wal_limit),
+                checkpointer = Checkpointer(connect_db(target, durability, wal_limit=wal_limit),
                                             wal, wal_limit=wal_limit)
         except sqlite3.DatabaseError as exc:
             conn.close()
