@@ -2,16 +2,18 @@
 
 Routes are declared once, in `_routes`, with what the OpenAPI document says
 of them; this module serves them. Every answer is JSON, errors included,
-whatever fails: never a traceback, never an HTML page. Before any route,
-a request is checked against the browser rules (`BrowserGuard`) and refused
-while the daemon drains.
+whatever fails: never a traceback, never an HTML page (the inspector's
+page, at `/`, aside: `_inspector`). Before any route, a request is checked
+against the browser rules (`BrowserRules`: its `Host` must be a name the
+daemon answers to, and a write, anything but GET, HEAD and OPTIONS, must
+come from no page or an allowed one) and refused while the daemon drains.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import trio
 from nexus_protocol import ErrorCode
@@ -22,9 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .._origins import BrowserRules
 from .._service import SessionService
 from ._app import ChannelParts, Exchange, HttpSettings, error_response
-from ._browser import BrowserGuard
 from ._mapping import HttpError
 from ._metrics import Metrics
 from ._routes import ROUTES
@@ -35,19 +37,24 @@ log = logging.getLogger("nexusd.http")
 
 Handler = Callable[[Exchange], Awaitable[Response]]
 
+#: Methods that change nothing: a page of any origin may send them (the
+#: browser keeps their answers from it unless CORS allows, and nexusd's
+#: never do).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class HttpChannel:
     """The HTTP channel of one daemon: the Starlette app (`app`), its
     listener's shutdown hooks, and `stopping`, set when the daemon drains."""
 
     def __init__(self, service: SessionService, settings: HttpSettings, metrics: Metrics,
-                 guard: BrowserGuard, figures: Callable[[], Awaitable[dict[str, Any]]],
+                 browser: BrowserRules, figures: Callable[[], Awaitable[dict[str, Any]]],
                  abort_client: Callable[[tuple[str, int] | None], None], *,
                  mcp: bool = True, mcp_max_sessions: int = 1000,
                  mcp_idle_timeout: float = 1800.0) -> None:
         self.parts = ChannelParts(service, settings, metrics, figures, abort_client)
         self.metrics = metrics
-        self.guard = guard
+        self.browser = browser
         # One Starlette route per path, so that a method it lacks is answered
         # 405 with every method it has.
         by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
@@ -56,12 +63,12 @@ class HttpChannel:
                 self._endpoint(endpoint.handler, endpoint.path)
         routes = [Route(path, _by_method(methods), methods=list(methods))
                   for path, methods in by_path.items()]
-        # `/mcp`: the MCP channel, served by the SDK behind the same guard.
+        # `/mcp`: the MCP channel, served by the SDK behind the same browser rules.
         # Imported here: the SDK takes seconds to import, which a daemon
         # without its HTTP listener should not wait for at start.
         from ._mcp import McpChannel
 
-        self.mcp = McpChannel(service, settings, guard, self.parts.stopping,
+        self.mcp = McpChannel(service, settings, browser, self.parts.stopping,
                               max_sessions=mcp_max_sessions,
                               idle_timeout=mcp_idle_timeout) if mcp else None
         if self.mcp is not None:
@@ -78,8 +85,11 @@ class HttpChannel:
                 if self.parts.stopping.is_set():
                     raise HttpError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",
                                     retry_after=1.0)
-                self.guard.check(method, request.headers.get("host"),
-                                 request.headers.get("origin"))
+                origin = request.headers.get("origin")
+                refused = self.browser.check(None if method in _SAFE_METHODS else origin,
+                                             request.headers.get("host"))
+                if refused is not None:
+                    raise HttpError(ErrorCode.FORBIDDEN, refused)
                 response = await handler(Exchange(self.parts, request))
                 code = None
             except HttpError as exc:

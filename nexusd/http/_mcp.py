@@ -9,7 +9,8 @@ after `initialize` and ended with it (closed by the client, idle past the
 SDK's timeout, or the daemon stopping). A bearer token on the request that
 makes the binding is the session token it uses (the admin key or the create
 key count as they do on the rest of the listener). Requests pass the
-listener's browser rules (`BrowserGuard`) before the SDK sees them.
+listener's browser rules (`BrowserRules`: `Host`, and `Origin` on every
+request) before the SDK sees them.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from starlette.types import Receive, Scope, Send
 
 from .._errors import RequestError
 from .._limits import peer_of_address
+from .._origins import BrowserRules
 from .._principal import Principal
 from .._service import SessionService
 from .._version import __version__
 from ._app import HttpSettings, error_response
-from ._browser import BrowserGuard
 from ._mapping import HttpError
 
 __all__ = ["McpChannel"]
@@ -181,11 +182,11 @@ class _SessionManager(StreamableHTTPSessionManager):
 class McpChannel:
     """The ``/mcp`` endpoint (`app`, an ASGI app) and its MCP sessions."""
 
-    def __init__(self, service: SessionService, settings: HttpSettings, guard: BrowserGuard,
+    def __init__(self, service: SessionService, settings: HttpSettings, browser: BrowserRules,
                  stopping: trio.Event, *, max_sessions: int, idle_timeout: float) -> None:
         self.service = service
         self.settings = settings
-        self.guard = guard
+        self.browser = browser
         self.stopping = stopping
         self.server = build_server(self._binding, version=__version__)
         self.manager = _SessionManager(self.server, max_request_body_size=settings.max_body,
@@ -217,9 +218,13 @@ class McpChannel:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             if self.stopping.is_set() or self._nursery is None:
-                raise HttpError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",
-                                retry_after=1.0)
-            self.guard.check(scope["method"], headers.get("host"), headers.get("origin"))
+                raise HttpError(ErrorCode.UNAVAILABLE, "the MCP channel is not serving "
+                                "(the daemon is starting or shutting down)", retry_after=1.0)
+            # Every request, reads included: MCP asks servers to check the
+            # `Origin` of each (its GET stream carries the session's changes).
+            refused = self.browser.check(headers.get("origin"), headers.get("host"))
+            if refused is not None:
+                raise HttpError(ErrorCode.FORBIDDEN, refused)
         except HttpError as exc:
             await error_response(exc)(scope, receive, send)
             return

@@ -1,4 +1,4 @@
-"""Writes valid.json and invalid.json, the golden vectors (see README.md).
+"""Writes valid.json, invalid.json and json.json, the golden vectors (see README.md).
 
     python protocol/vectors/generate.py
 
@@ -13,6 +13,7 @@ the diff of the JSON.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -252,6 +253,17 @@ valid("run_complete", "A run finished with its outputs.",
 valid("run_fail", "A worker gives up a run and asks for another attempt.",
       {"t": "run_fail", "id": 44, "session_id": SID, "run_id": "run-77",
        "error": "database unreachable", "retry": True})
+valid("merge_context", "Sets two of the guide's free-form context keys and removes a third.",
+      {"t": "merge_context", "id": 45, "session_id": SID,
+       "values": {"workflow_state": {"step": 3, "of": 5}, "user_preferences": {"theme": "dark"},
+                  "draft": None}})
+valid("track", "Tracks the guide's workflow run: data-processor took 15.5 s.",
+      {"t": "track", "id": 46, "session_id": SID, "event_type": "workflow_executed",
+       "data": {"workflow_name": "data-processor", "execution_time": 15.5}})
+valid("insights", "The session's insights.", {"t": "insights", "id": 47, "session_id": SID})
+valid("recommend", "The channel for an expert's data analysis.",
+      {"t": "recommend", "id": 48, "session_id": SID, "task_type": "data_analysis",
+       "experience": "expert"})
 
 # -------------------------------------------------------------------- replies
 
@@ -425,6 +437,10 @@ invalid("eof_inside_prefix", "The stream ends after 2 bytes of a length prefix."
 invalid("non_map_body", "The body is an array, not a map.", framed(packb(["ping", 1])),
         "bad_request")
 invalid("nil_body", "The body is nil.", framed(b"\xc0"), "bad_request")
+invalid("track_empty_event_type",
+        "A track whose event_type is the empty string: an event type is a key, never empty.",
+        framed(packb({"t": "track", "id": 49, "session_id": SID, "event_type": ""})),
+        "bad_request", request_id=49)
 invalid("trailing_bytes", "A valid map followed, inside the same frame, by one more byte.",
         framed(PING + b"\xc0"), "bad_request")
 invalid("unknown_type", "No message has the tag 'frobnicate'; the id can be read.",
@@ -543,6 +559,61 @@ invalid("duplicate_in_flight_id",
         "bad_request", before=["ping"])
 
 
+def json_text(wire: Any) -> str:
+    """The canonical JSON body of a wire map (SPEC.md section 2.4), built
+    here by its rules: bin as {"$bytes": base64}, a key beginning with "$"
+    with one more "$", NaN and the infinities as null, no spaces."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {("$" + k if k.startswith("$") else k): convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, bytes):
+            return {"$bytes": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(convert(wire), ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
+
+
+def json_vectors() -> dict[str, Any]:
+    """Every valid vector's message as canonical JSON, and JSON bodies a
+    server must refuse."""
+    valid_json = [{"name": v["name"], "message": v["message"],
+                   "json": json_text(canonical_wire(v["message"]))} for v in VALID]
+    ping = '{"t":"ping","id":7}'
+
+    def bad(name: str, reason: str, text: str, request_id: int | None = None) -> dict[str, Any]:
+        return {"name": name, "reason": reason, "json": text, "error": "bad_request",
+                "fatal": False, "request_id": request_id}
+
+    set_prefix = f'{{"t":"set","id":4,"session_id":"{SID}","key":"k","value":'
+    invalid_json = [
+        bad("json_not_json", "Not JSON at all.", "ping"),
+        bad("json_truncated", "The object is not closed.", ping[:-1]),
+        bad("json_not_object", "A body is a JSON object, not an array.", "[" + ping + "]"),
+        bad("json_nan", "NaN is not JSON (nor are Infinity and -Infinity).",
+            set_prefix + "NaN}"),
+        bad("json_reserved_key",
+            "A key beginning with a single '$' other than the lone '$bytes' is reserved; "
+            "the id can be read.", set_prefix + '{"$ref":1}}', request_id=4),
+        bad("json_bad_base64", "'$bytes' must hold standard base64 with padding.",
+            set_prefix + '{"$bytes":"not base64!"}}', request_id=4),
+        bad("json_bytes_not_alone",
+            "'$bytes' with another key beside it is no byte string, and reserved.",
+            set_prefix + '{"$bytes":"AA==","x":1}}', request_id=4),
+        bad("json_bytes_as_key", "Map keys are strings: bytes cannot be a key, and a "
+            "string is where a key of kind `key` is required.",
+            f'{{"t":"get","id":5,"session_id":"{SID}","key":{{"$bytes":"AA=="}}}}',
+            request_id=5),
+        bad("json_float_id", "An id is a uint: 7.0 is a float.", '{"t":"ping","id":7.0}'),
+    ]
+    return {"version": 1, "valid": valid_json, "invalid": invalid_json}
+
+
 def main() -> None:
     tags = {v["message"]["t"] for v in VALID}
     missing = set(MESSAGE_TYPES) - tags
@@ -553,6 +624,10 @@ def main() -> None:
         text = json.dumps({"version": 1, "vectors": vectors}, indent=1, ensure_ascii=False)
         (HERE / filename).write_text(text + "\n", encoding="utf-8")
         print(f"{filename}: {len(vectors)} vectors")
+    doc = json_vectors()
+    text = json.dumps(doc, indent=1, ensure_ascii=False)
+    (HERE / "json.json").write_text(text + "\n", encoding="utf-8")
+    print(f"json.json: {len(doc['valid'])} valid, {len(doc['invalid'])} invalid")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from nexus_client import RunContext, Worker, open_client
 
 from ._procs import NEXUS, Cli, DaemonProcess, clean_environ
 
-TOOLS = {"run_workflow", "create_session", "sync_session", "get_session_data", "set_session_data",
+TOOLS = {"run_workflow", "get_recommended_channel", "generate_insights",
+         "track_session_event", "create_session", "sync_session", "get_session_data",
+         "set_session_data",
          "delete_session_data", "patch_session_data", "update_session_context",
          "initiate_channel_switch", "complete_channel_switch", "renew_session",
          "get_session_summary"}
@@ -128,6 +130,11 @@ async def test_create_then_continue_without_token(daemon: DaemonProcess, cli: Cl
                                          {"session_id": sid, "key": "k", "value": [1, 2]})
         assert not written.is_error, _text(written)
         assert written.structured_content["version"] == 1
+        advice = await client.call_tool("get_recommended_channel",
+                                        {"session_id": sid, "task_type": "ai_interaction"})
+        assert advice.structured_content["channel"] == "mcp", _text(advice)
+        insights = await client.call_tool("generate_insights", {"session_id": sid})
+        assert not insights.is_error, _text(insights)
 
 
 def test_bridge_exits_when_stdin_closes(daemon: DaemonProcess, cli: Cli) -> None:

@@ -17,8 +17,10 @@ from nexus_protocol import (
     Create,
     Delete,
     Get,
+    Insights,
     Message,
     Patch,
+    Recommend,
     Renew,
     Run,
     Set,
@@ -26,6 +28,7 @@ from nexus_protocol import (
     SwitchBegin,
     SwitchComplete,
     Sync,
+    Track,
     UpdateContext,
 )
 
@@ -150,6 +153,22 @@ TOOLS: Final[tuple[Tool, ...]] = (
          lambda a, t: Run(id=0, session_id=_sid(a), workflow=a["workflow"],
                           inputs=a.get("inputs"), resume=bool(a.get("resume", False)),
                           token=t)),
+    Tool("get_recommended_channel",
+         "The channel recommended for a task in the session (the guide's defaults, what "
+         "switches have shown), with the rule and the reason.",
+         {"task_type": {"type": "string", "description": "e.g. data_analysis, "
+                                                         "ai_interaction"},
+          "experience": {"type": "string", "description": "e.g. expert, beginner"}}, (),
+         lambda a, t: Recommend(id=0, session_id=_sid(a), task_type=a.get("task_type"),
+                                experience=a.get("experience"), token=t)),
+    Tool("generate_insights",
+         "Findings about the session (long, busy, idle, failing switches, slow workflows), "
+         "each saying what it saw.",
+         {}, (), lambda a, t: Insights(id=0, session_id=_sid(a), token=t)),
+    Tool("track_session_event", "Record a custom analytics event in the session.",
+         {"event_type": _KEY, "data": {"description": "Any JSON value."}}, ("event_type",),
+         lambda a, t: Track(id=0, session_id=_sid(a), event_type=a["event_type"],
+                            data=a.get("data"), token=t)),
     Tool("get_session_summary",
          "The session's analytics: duration, events by kind, channels used, transitions.",
          {}, (), lambda a, t: Summary(id=0, session_id=_sid(a), token=t)),
