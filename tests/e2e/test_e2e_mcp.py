@@ -287,3 +287,18 @@ async def test_run_workflow_reports_progress_and_returns_the_result(
                                              {"session_id": sid, "workflow": "nobody-serves"})
             assert missing.is_error
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.filterwarnings(HTTPX2_GENERATORS)
+async def test_http_mcp_refuses_a_foreign_page(http_daemon: DaemonProcess) -> None:
+    # A page of another site (or a rebound DNS name) reaches nothing, reads included.
+    async with httpx2.AsyncClient() as http:
+        for method, headers in [("POST", {"Origin": "http://evil.example"}),
+                                ("GET", {"Origin": "http://evil.example"}),
+                                ("POST", {"Host": "evil.example"})]:
+            r = await http.request(method, f"{http_daemon.http_url}/mcp", headers={
+                "Accept": "application/json, text/event-stream",
+                "Content-Type": "application/json", **headers},
+                content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}')
+            assert r.status_code == 403, (method, headers, r.text)
+            assert r.json()["error"]["code"] == "forbidden"
