@@ -6,7 +6,8 @@ runs the MCP sessions in the daemon's services nursery (`McpChannel.run`);
 each MCP session gets one `Principal` (channel ``mcp``; its peer, for the
 limits, the client's address) and one `Binding`, made at its first request
 after `initialize` and ended with it (closed by the client, idle past the
-SDK's timeout, or the daemon stopping). A bearer token on the request that
+SDK's timeout, or the daemon stopping). A request of the 2026-07-28
+protocol, which has no sessions, is bound alone. A bearer token on the request that
 makes the binding is the session token it uses (the admin key or the create
 key count as they do on the rest of the listener). Requests pass the
 listener's browser rules (`BrowserRules`: `Host`, and `Origin` on every
@@ -232,9 +233,13 @@ class McpChannel:
 
     def _binding(self, ctx: ServerRequestContext[Any, Any]) -> Binding:
         request = ctx.request
-        session_id = request.headers.get("mcp-session-id") if request is not None else None
+        if request is None:
+            raise RuntimeError("an MCP request without its HTTP request")
+        session_id = request.headers.get("mcp-session-id")
         if session_id is None:
-            raise RuntimeError("an MCP request without a session")
+            # The 2026-07-28 protocol has no sessions: each request carries
+            # its credential, and is bound alone.
+            return self._bind(request)
         binding = self._bindings.get(session_id)
         if binding is None:
             binding = self._bindings[session_id] = self._bind(request)

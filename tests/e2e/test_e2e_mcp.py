@@ -302,3 +302,25 @@ async def test_http_mcp_refuses_a_foreign_page(http_daemon: DaemonProcess) -> No
                 content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}')
             assert r.status_code == 403, (method, headers, r.text)
             assert r.json()["error"]["code"] == "forbidden"
+
+
+@pytest.mark.filterwarnings(HTTPX2_GENERATORS)
+async def test_the_sdks_default_protocol_reaches_the_tools(http_daemon: DaemonProcess,
+                                                           home: Path) -> None:
+    # The SDK's client speaks 2026-07-28 by default: no MCP session, a credential per request.
+    cli = Cli({**clean_environ(home), "NEXUS_SOCKET": str(http_daemon.socket)})
+    created = _create(cli)
+    sid, token = created["session_id"], created["token"]
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http, \
+            Client(streamable_http_client(f"{http_daemon.http_url}/mcp",
+                                          http_client=http)) as client:
+        assert client.protocol_version == "2026-07-28"
+        written = await client.call_tool("set_session_data",
+                                         {"session_id": sid, "key": "k", "value": "v"})
+        assert not written.is_error, _text(written)
+    params = StdioServerParameters(command=NEXUS[0], args=[*NEXUS[1:], "mcp", "--session", sid],
+                                   env=cli.env)
+    async with Client(params) as client:
+        assert client.protocol_version == "2026-07-28"
+        state = await client.call_tool("get_session_data", {"session_id": sid, "key": "k"})
+        assert state.structured_content["value"] == "v"
