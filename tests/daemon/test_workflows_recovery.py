@@ -24,12 +24,15 @@ class _Session:
     def __init__(self, runs: dict[str, dict[str, Any]]) -> None:
         self.runs = runs
         self.recorded: list[tuple[float, dict[str, Any]]] = []
+        self.ended = trio.Event()
 
     async def call(self, principal: Principal, request: p.Message) -> p.Message:
         if isinstance(request, ReadRuns):
             return p.Report(id=request.id, report={"seq": 1, "runs": self.runs})
         assert isinstance(request, RecordRun)
         self.recorded.append((trio.current_time(), request.record))
+        if request.record["event"] in ("completed", "failed", "cancelled"):
+            self.ended.set()
         return p.Written(id=request.id, seq=1 + len(self.recorded))
 
 
@@ -51,12 +54,7 @@ async def test_a_recovered_run_times_out_counting_from_its_recorded_start(
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         with trio.fail_after(500):
-            while not any(r["event"] == "failed" for _, r in session.recorded):
-                await trio.sleep(1)
-        # Its end leaves the index of runs in flight (written by a thread).
-        with trio.fail_after(500):
-            while json.loads(index.read_text()):
-                await trio.sleep(1)
+            await session.ended.wait()
         nursery.cancel_scope.cancel()
     at, failed = session.recorded[-1]
     assert failed["event"] == "failed"
