@@ -29,7 +29,7 @@ import nexus_protocol as p
 import wsproto
 import wsproto.connection
 import wsproto.events as ws_events
-from nexus_protocol import NEED_DATA, Connection, Framing, Side
+from nexus_protocol import NEED_DATA, Connection, Encoding, Framing, Side
 
 from ._relay_core import split_frames
 
@@ -56,7 +56,8 @@ class Target:
     """Where a server listens, and what it speaks.
 
     `proto` is "nexus" (nexusd and the relays) or "redis"; `transport` is
-    "unix", "ws" or "tcp"; `address` a socket path or HOST:PORT.
+    "unix", "ws" (binary msgpack), "wsjson" (nexusd's `nexus.v1.json`
+    subprotocol) or "tcp"; `address` a socket path or HOST:PORT.
     """
 
     proto: str
@@ -92,6 +93,7 @@ class Link:
     """
 
     framing: Framing
+    encoding = Encoding.MSGPACK
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -134,15 +136,18 @@ class StreamLink(Link):
 
 
 class WsLink(Link):
-    """A WebSocket client over a blocking socket, with wsproto (sans-I/O)."""
+    """A WebSocket client over a blocking socket, with wsproto (sans-I/O);
+    with `json`, on the `nexus.v1.json` subprotocol (text messages)."""
 
     framing = Framing.MESSAGE
 
-    def __init__(self, sock: socket.socket, host: str) -> None:
+    def __init__(self, sock: socket.socket, host: str, *, json: bool = False) -> None:
         super().__init__(sock)
         self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        self._partial: list[bytes] = []
-        sock.sendall(self.ws.send(ws_events.Request(host=host, target="/")))
+        self._partial: list[Any] = []
+        self.encoding = Encoding.JSON if json else Encoding.MSGPACK
+        sock.sendall(self.ws.send(ws_events.Request(
+            host=host, target="/", subprotocols=["nexus.v1.json"] if json else [])))
         while True:
             data = sock.recv(RECV_SIZE)
             if not data:
@@ -160,9 +165,14 @@ class WsLink(Link):
         out = []
         for event in ws.events():
             if isinstance(event, ws_events.BytesMessage):
-                self._partial.append(event.data)  # type: ignore[arg-type]
+                self._partial.append(event.data)
                 if event.message_finished:
                     out.append(b"".join(self._partial))
+                    self._partial.clear()
+            elif isinstance(event, ws_events.TextMessage):
+                self._partial.append(event.data)
+                if event.message_finished:
+                    out.append("".join(self._partial).encode())
                     self._partial.clear()
             elif isinstance(event, ws_events.Ping):
                 self.sock.sendall(ws.send(event.response()))
@@ -176,7 +186,8 @@ class WsLink(Link):
     bodies = feed
 
     def frame(self, body: bytes) -> bytes:
-        return self.ws.send(ws_events.Message(data=body))
+        data = body.decode() if self.encoding is Encoding.JSON else body
+        return self.ws.send(ws_events.Message(data=data))
 
     wrap = frame
 
@@ -190,8 +201,9 @@ class WsLink(Link):
 
 def connect(target: Target) -> Link:
     sock = _open_socket(target)
-    if target.transport == "ws":
-        return WsLink(sock, target.address.rpartition(":")[0])
+    if target.transport in ("ws", "wsjson"):
+        return WsLink(sock, target.address.rpartition(":")[0],
+                      json=target.transport == "wsjson")
     return StreamLink(sock)
 
 
@@ -222,7 +234,8 @@ class NexusClient:
     def __init__(self, target: Target, *, channel: str = "bench", client: str = "bench") -> None:
         self.target = target
         self.link = connect(target)
-        self.conn = Connection(Side.CLIENT, framing=self.link.framing, limits=_LIMITS)
+        self.conn = Connection(Side.CLIENT, framing=self.link.framing, limits=_LIMITS,
+                               encoding=self.link.encoding)
         self.events: list[p.Message] = []
         hello = p.Hello(versions=[1], channel=channel, client=client)
         self.link.send(self.link.wrap(self.conn.send(hello)))

@@ -220,10 +220,13 @@ class Processes:
         """nexusd at its default durability, on a Unix socket, a WebSocket and HTTP."""
         n = next(self._n)
         data = self.tmp / f"nexusd-data-{n}"
-        return self._spawn("nexusd", [
+        server = self._spawn("nexusd", [
             sys.executable, "-m", "nexusd", "serve", "--socket", str(self.tmp / f"nexusd-{n}.sock"),
             "--ws", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(data), *extra],
             {"unix", "ws", "http"})
+        # The same listener, on the JSON subprotocol.
+        server.targets["wsjson"] = Target("nexus", "wsjson", server.targets["ws"].address)
+        return server
 
     def http_floor(self) -> Server:
         """A bare hypercorn + Starlette endpoint (`bench._http_floor`)."""

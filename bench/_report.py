@@ -235,7 +235,7 @@ def table(results: dict[str, Any]) -> str:
                         flags.append(f"{r['lagged']} lagged")
                     if r.get("complete", r["subscribers"]) < r["subscribers"]:
                         flags.append("incomplete")
-                    if r is mine or mine is None:
+                    if r is mine or mine is None or r["role"] == "nexusd-json":
                         add(line + " |" + ("  " + ", ".join(flags) if flags else ""))
                         continue
                     r50 = _ratio(mine.get("p50"), r.get("p50"))

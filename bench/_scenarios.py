@@ -182,6 +182,7 @@ class Scenarios:
         if redis is not None:
             systems.append(_System("unix", "redis", "redis", redis, "unix"))
         systems += [_System("ws", "nexusd", "nexusd", nexusd, "ws"),
+                    _System("ws", "nexusd json", "nexusd-json", nexusd, "wsjson"),
                     _System("ws", "trio relay", "floor", relay, "ws"),
                     _System("ws", "websockets relay", "asyncio", ws_relay, "ws")]
         if redis is not None and plan.redis_tcp:

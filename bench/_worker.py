@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import nexus_protocol as p
 from hdrh.histogram import HdrHistogram
-from nexus_protocol import NEED_DATA, decode_body, encode_body
+from nexus_protocol import NEED_DATA, Encoding, decode_body, decode_json, encode_body, encode_json
 
 from ._client import (
     NexusClient,
@@ -125,8 +125,9 @@ class Writer:
                     + resp_command("PUBLISH", self.session_id, body)), 2
         link = self.client.link
         rid = next(self.ids)
-        return link.frame(encode_body(p.Set(id=rid, session_id=self.session_id, key="k",
-                                            value=value))), 1
+        encode = encode_json if link.encoding is Encoding.JSON else encode_body
+        return link.frame(encode(p.Set(id=rid, session_id=self.session_id, key="k",
+                                       value=value))), 1
 
     def send(self, data: bytes) -> None:
         if self.redis or self.http:
@@ -155,11 +156,12 @@ class Writer:
         if not data:
             raise ConnectionError("the server closed the writer's connection")
         n = 0
+        decode = decode_json if link.encoding is Encoding.JSON else decode_body
         for body in link.bodies(data):
             if body[1:11] == _WRITTEN:
                 n += 1
                 continue
-            reply = decode_body(body, p.DEFAULT_LIMITS)
+            reply = decode(body, p.DEFAULT_LIMITS)
             if isinstance(reply, p.Error):
                 raise RuntimeError(f"write refused: {reply.code}: {reply.message}")
             if isinstance(reply, p.Written):

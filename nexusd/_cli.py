@@ -116,6 +116,8 @@ def _show(value: Any) -> str:
         return "off"
     if isinstance(value, float) and value.is_integer():
         return f"{int(value)}s" if value < 3600 or value % 3600 else f"{int(value // 3600)}h"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
     return str(value)
 
 

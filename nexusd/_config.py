@@ -58,6 +58,12 @@ def _optional_duration(value: Any) -> float | None:
     return parse_duration(value)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list setting: a TOML array, or one string of comma-separated items."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
 def _home() -> str:
     return os.path.expanduser("~")
 
@@ -120,6 +126,21 @@ class Config:
     handshake_timeout: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time allowed for hello (and before it, the WebSocket upgrade)"})
+    ws_ping_interval: float | None = attrs.field(
+        default=20.0, converter=_optional_duration,
+        metadata={"help": "ping a WebSocket client silent this long, and close it if it "
+                          "stays silent as long again ('off': never)"})
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(), converter=_names,
+        metadata={"help": "web pages that may open a WebSocket, comma-separated origins "
+                          "(https://app.example:8443) or '*'; clients that send no "
+                          "Origin (programs, not pages) are always allowed"})
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(), converter=_names,
+        metadata={"help": "host names browsers may reach the daemon by (the Host header), "
+                          "comma-separated, or '*'; default: the address it listens on "
+                          "(every loopback name for a loopback address; any name for "
+                          "0.0.0.0 or ::)"})
     write_timeout: float = attrs.field(
         default=30.0, converter=_duration,
         metadata={"help": "close a connection whose client stops reading this long"})

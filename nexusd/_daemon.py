@@ -32,6 +32,7 @@ from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
 from ._limits import LimitSettings, PeerLimits
+from ._origins import ANY, listen_hosts, normalize_origin
 from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
@@ -44,7 +45,7 @@ from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
 from .transports._unix import open_unix_listener, serve_unix
-from .transports._websocket import serve_ws
+from .transports._websocket import WebSocketSettings, serve_ws
 from .workflows import RunPolicy, Workflows
 
 __all__ = ["Daemon"]
@@ -321,9 +322,9 @@ class Daemon:
 
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, max_frame=config.max_frame,
-                           handshake_timeout=config.handshake_timeout, ssl_context=tls,
-                           handler_nursery=connections, limits=self.peer_limits,
+            await serve_ws(handle, host, port, websocket_settings(config, host),
+                           ssl_context=tls, handler_nursery=connections,
+                           limits=self.peer_limits,
                            task_status=task_status)
 
         if config.socket is not None:
@@ -433,6 +434,31 @@ class Daemon:
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port, "http_port": self.http_port},
         }
+
+
+def websocket_settings(config: Config, host: str) -> WebSocketSettings:
+    """The WebSocket listener's bounds and allow-lists, for a listener on `host`.
+
+    Pages may connect from the origins of `allowed_origins` and from the
+    daemon's own HTTP origin (when `http` names its port); browsers may name
+    the daemon by the hosts of `allowed_hosts`, by default those `host`
+    answers to.
+    """
+    hosts = frozenset(h.strip("[]").lower() for h in config.allowed_hosts)
+    origins = {o if o == ANY else normalize_origin(o) for o in config.allowed_origins}
+    if config.http is not None:
+        http_host, http_port = ws_address(config.http, "http")
+        if http_port:
+            scheme = "https" if config.tls_cert is not None else "http"
+            for name in listen_hosts(http_host) or {http_host}:
+                origins.add(normalize_origin(f"{scheme}://{_bracket(name)}:{http_port}"))
+    return WebSocketSettings(
+        # One byte over the protocol's limit reaches the protocol, which
+        # answers `too_large`; longer messages are refused unread.
+        max_message=config.max_frame + 1,
+        handshake_timeout=config.handshake_timeout, read_timeout=config.read_timeout,
+        ping_interval=config.ws_ping_interval, allowed_origins=frozenset(origins),
+        allowed_hosts=hosts if hosts else listen_hosts(host))
 
 
 def _bracket(host: str) -> str:

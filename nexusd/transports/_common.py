@@ -21,7 +21,6 @@ from typing import Any
 
 import trio
 from nexus_protocol import Error, ErrorCode, encode_body
-from trio_websocket import ConnectionClosed
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
 __all__ = ["Handler", "accept_loop", "bracket", "busy_body", "in_use", "run_alone"]
@@ -34,7 +33,7 @@ Handler = Callable[[Any], Awaitable[None]]
 #: What a client that goes away, or speaks no WebSocket, makes a connection
 #: raise: its own doing, not the daemon's.
 _CLIENT_FAULTS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                  ConnectionClosed, WebSocketProtocolError)
+                  WebSocketProtocolError)
 
 
 async def run_alone(peer: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -27,6 +27,7 @@ from nexus_protocol import (
     NEED_DATA,
     Connection,
     ConnectionClosed,
+    Encoding,
     Error,
     ErrorCode,
     Framing,
@@ -56,6 +57,7 @@ class Transport(Protocol):
 
     kind: str  # "unix" or "websocket"
     framing: Framing
+    encoding: Encoding
     peer: str  # for logs
     remote: Peer  # for limits
     admin: bool  # the peer is the daemon's own user (Unix socket)
@@ -66,6 +68,9 @@ class Transport(Protocol):
     async def send(self, frames: list[bytes]) -> None:
         """Writes `frames` in order."""
 
+    # Optionally, `wrap(frame: bytes) -> bytes`: the bytes that carry a frame
+    # of the `Connection` on the medium (a WebSocket frame), made as the frame
+    # is queued; `send` and `send_now` then take wrapped frames.
     # Optionally, `send_now(data: bytes) -> int`: writes what the medium takes
     # without waiting and returns how much that was (see `Outbox`).
 
@@ -109,11 +114,13 @@ class ConnectionHandler:
         self.service = service
         self.settings = settings
         self.transport = transport
-        self.conn = Connection(Side.SERVER, framing=transport.framing, limits=settings.limits)
+        self.conn = Connection(Side.SERVER, framing=transport.framing,
+                               encoding=transport.encoding, limits=settings.limits)
+        self._wrap = getattr(transport, "wrap", None)
         self.outbox = Outbox(self.conn, max_frames=settings.queue_size,
                              max_bytes=settings.queue_bytes,
                              send_now=getattr(transport, "send_now", None),
-                             flusher=flusher)
+                             flusher=flusher, wrap=self._wrap)
         self.connection_id = f"c{next(_ids)}"
         self.principal: Principal | None = None
         self.draining = False
@@ -194,10 +201,10 @@ class ConnectionHandler:
                 return None
             self.principal = Principal(self.connection_id, event.channel, event.client, admin,
                                        peer=remote, may_create=may_create or admin)
-            await self.transport.send([self.conn.send(Welcome(
+            await self._send(Welcome(
                 version=self.conn.version or 1, server=settings.server_name,
                 connection_id=self.connection_id, admin=admin,
-                max_frame=settings.limits.max_frame))])
+                max_frame=settings.limits.max_frame))
             return event
         log.info("%s: no hello within %gs; closing", self.connection_id,
                  settings.handshake_timeout)
@@ -211,7 +218,11 @@ class ConnectionHandler:
         else:
             log.info("%s: refused: %s", self.connection_id, message)
         with trio.move_on_after(1):
-            await self.transport.send([self.conn.send(Error(code=code.value, message=message))])
+            await self._send(Error(code=code.value, message=message))
+
+    async def _send(self, message: Message) -> None:
+        frame = self.conn.send(message)
+        await self.transport.send([frame if self._wrap is None else self._wrap(frame)])
 
     async def _write_loop(self, scope: trio.CancelScope) -> None:
         try:

@@ -6,7 +6,8 @@ fewer than `max_frames` frames and has room for them within `max_bytes`; a
 refused event means the subscriber is too slow, and the session actor drops
 it (`lagged`) rather than wait for it.
 
-Where the transport can write without waiting (a Unix socket), queued frames
+Where the transport can write without waiting (a Unix socket, a WebSocket
+without TLS, whose frames the transport makes as they are queued), queued frames
 go straight to the socket: a session actor holds the `Flusher` while it
 serves a batch, and on release writes every outbox the batch touched, each
 with one system call, so that a change reaches its subscribers with no task
@@ -71,12 +72,15 @@ class Flusher:
 class Outbox:
     """`send_now(data)` writes what the transport takes without waiting and
     returns how much that was; with it (and a `flusher`) frames go out
-    eagerly, otherwise only through the writer task (`wait_frames`)."""
+    eagerly, otherwise only through the writer task (`wait_frames`).
+    `wrap(frame)`, if given, makes each frame the bytes the transport writes."""
 
     def __init__(self, conn: Connection, *, max_frames: int, max_bytes: int = 8 << 20,
                  send_now: Callable[[bytes], int] | None = None,
-                 flusher: Flusher | None = None) -> None:
+                 flusher: Flusher | None = None,
+                 wrap: Callable[[bytes], bytes] | None = None) -> None:
         self.conn = conn
+        self._wrap = wrap
         self.max_frames = max_frames
         self.max_bytes = max_bytes
         self._frames: deque[bytes] = deque()
@@ -115,6 +119,8 @@ class Outbox:
                 id=request_id, code=ErrorCode.TOO_LARGE.value,
                 message=f"the answer would exceed the frame limit of "
                         f"{self.conn.limits.max_frame} bytes; ask for less (one key)"))
+        if self._wrap is not None:
+            frame = self._wrap(frame)
         self._frames.append(frame)
         self._bytes += len(frame)
         self._wake()
@@ -129,6 +135,8 @@ class Outbox:
         if self._closed:
             return
         frame = self.conn.send_encoded(body)
+        if self._wrap is not None:
+            frame = self._wrap(frame)
         self._frames.append(frame)
         self._bytes += len(frame)
         self._wake()
@@ -146,6 +154,8 @@ class Outbox:
             frame = self.conn.send_encoded(body)
         except LocalProtocolError:
             return False
+        if self._wrap is not None:
+            frame = self._wrap(frame)
         self._frames.append(frame)
         self._bytes += len(frame)
         self._wake()

@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 
 import trio
-from nexus_protocol import Framing, frame
+from nexus_protocol import Encoding, Framing, frame
 
 from .._limits import Peer, PeerLimits, peer_of_uid
 from ._common import Handler, accept_loop, busy_body, in_use, run_alone
@@ -31,6 +31,7 @@ RECEIVE_SIZE = 256 * 1024
 class StreamTransport:
     kind = "unix"
     framing = Framing.STREAM
+    encoding = Encoding.MSGPACK
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream

@@ -16,6 +16,7 @@ from ._connection import TRANSITIONS as TRANSITIONS
 from ._connection import Connection as Connection
 from ._connection import ConnectionClosed as ConnectionClosed
 from ._connection import ConnectionState as ConnectionState
+from ._connection import Encoding as Encoding
 from ._connection import Framing as Framing
 from ._connection import NeedData as NeedData
 from ._connection import Side as Side
@@ -28,6 +29,9 @@ from ._errors import ErrorCode as ErrorCode
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from ._json import decode_json as decode_json
+from ._json import encode_json as encode_json
+from ._json import json_from_body as json_from_body
 from ._limits import DEFAULT_LIMITS as DEFAULT_LIMITS
 from ._limits import Limits as Limits
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES

@@ -14,6 +14,7 @@ import attrs
 
 from ._codec import FRAME_HEADER, decode_body, encode_body, validate
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._json import decode_json, encode_json, json_from_body
 from ._limits import DEFAULT_LIMITS, Limits
 from ._messages import Error, Hello, Message, Request, Role, Welcome
 
@@ -24,6 +25,7 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "ConnectionState",
+    "Encoding",
     "Framing",
     "NeedData",
     "Side",
@@ -44,6 +46,14 @@ class Framing(enum.Enum):
 
     STREAM = "stream"
     MESSAGE = "message"
+
+
+class Encoding(enum.Enum):
+    """How a body is written (SPEC section 2.4): MSGPACK, or JSON (message
+    framing only: the `nexus.v1.json` WebSocket subprotocol)."""
+
+    MSGPACK = "msgpack"
+    JSON = "json"
 
 
 class ConnectionState(enum.Enum):
@@ -135,13 +145,24 @@ class Connection:
         framing: STREAM for byte streams (Unix socket), MESSAGE for WebSocket.
         limits: the bounds this side enforces on what it receives and sends.
         versions: the protocol versions this side speaks.
+        encoding: MSGPACK, or JSON (with MESSAGE framing).
+
+    Raises:
+        ValueError: JSON bodies with STREAM framing.
     """
 
     def __init__(self, side: Side, *, framing: Framing = Framing.STREAM,
                  limits: Limits = DEFAULT_LIMITS,
-                 versions: tuple[int, ...] = PROTOCOL_VERSIONS) -> None:
+                 versions: tuple[int, ...] = PROTOCOL_VERSIONS,
+                 encoding: Encoding = Encoding.MSGPACK) -> None:
+        if encoding is Encoding.JSON and framing is not Framing.MESSAGE:
+            raise ValueError("JSON bodies travel with message framing only")
         self.side = side
         self.framing = framing
+        self.encoding = encoding
+        json = encoding is Encoding.JSON
+        self._decode = decode_json if json else decode_body
+        self._encode = encode_json if json else encode_body
         self.limits = limits
         self.versions = versions
         self.version: int | None = None
@@ -241,7 +262,7 @@ class Connection:
                 return ConnectionClosed()
             return NEED_DATA
         try:
-            message = decode_body(body, self.limits)
+            message = self._decode(body, self.limits)
         except RemoteProtocolError as exc:
             if self.state in (ConnectionState.IDLE, ConnectionState.HANDSHAKE) or exc.fatal:
                 exc.fatal = True
@@ -274,7 +295,7 @@ class Connection:
         except ValueError as exc:
             raise LocalProtocolError(str(exc)) from None
         try:
-            body = encode_body(message)
+            body = self._encode(message)
         except (TypeError, ValueError, OverflowError) as exc:
             # What `validate` leaves to msgpack: integers beyond 64 bits,
             # strings that are not valid Unicode.
@@ -285,10 +306,12 @@ class Connection:
         return data
 
     def send_encoded(self, body: bytes) -> bytes:
-        """The bytes to write for an event body already encoded (server side).
+        """The bytes to write for an event body already encoded as msgpack
+        (server side).
 
         Fan-out encodes an event once and sends the same body to every
-        subscriber; this frames it without decoding it again.
+        subscriber; this frames it without decoding it again (with JSON
+        encoding, it is converted: once per body, however many subscribers).
 
         Raises:
             LocalProtocolError: the connection cannot carry events now.
@@ -296,6 +319,8 @@ class Connection:
         allowed = TRANSITIONS.get((self.side, self.state), {})
         if (_SEND, Role.EVENT) not in allowed:
             raise LocalProtocolError(f"cannot send an event in state {self.state.value}")
+        if self.encoding is Encoding.JSON:
+            body = json_from_body(body)
         return self._frame(body)
 
     def _frame(self, body: bytes) -> bytes:

@@ -1,4 +1,4 @@
-"""Writes valid.json and invalid.json, the golden vectors (see README.md).
+"""Writes valid.json, invalid.json and json.json, the golden vectors (see README.md).
 
     python protocol/vectors/generate.py
 
@@ -13,6 +13,7 @@ the diff of the JSON.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -543,6 +544,61 @@ invalid("duplicate_in_flight_id",
         "bad_request", before=["ping"])
 
 
+def json_text(wire: Any) -> str:
+    """The canonical JSON body of a wire map (SPEC.md section 2.4), built
+    here by its rules: bin as {"$bytes": base64}, a key beginning with "$"
+    with one more "$", NaN and the infinities as null, no spaces."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {("$" + k if k.startswith("$") else k): convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, bytes):
+            return {"$bytes": base64.b64encode(value).decode("ascii")}
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(convert(wire), ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
+
+
+def json_vectors() -> dict[str, Any]:
+    """Every valid vector's message as canonical JSON, and JSON bodies a
+    server must refuse."""
+    valid_json = [{"name": v["name"], "message": v["message"],
+                   "json": json_text(canonical_wire(v["message"]))} for v in VALID]
+    ping = '{"t":"ping","id":7}'
+
+    def bad(name: str, reason: str, text: str, request_id: int | None = None) -> dict[str, Any]:
+        return {"name": name, "reason": reason, "json": text, "error": "bad_request",
+                "fatal": False, "request_id": request_id}
+
+    set_prefix = f'{{"t":"set","id":4,"session_id":"{SID}","key":"k","value":'
+    invalid_json = [
+        bad("json_not_json", "Not JSON at all.", "ping"),
+        bad("json_truncated", "The object is not closed.", ping[:-1]),
+        bad("json_not_object", "A body is a JSON object, not an array.", "[" + ping + "]"),
+        bad("json_nan", "NaN is not JSON (nor are Infinity and -Infinity).",
+            set_prefix + "NaN}"),
+        bad("json_reserved_key",
+            "A key beginning with a single '$' other than the lone '$bytes' is reserved; "
+            "the id can be read.", set_prefix + '{"$ref":1}}', request_id=4),
+        bad("json_bad_base64", "'$bytes' must hold standard base64 with padding.",
+            set_prefix + '{"$bytes":"not base64!"}}', request_id=4),
+        bad("json_bytes_not_alone",
+            "'$bytes' with another key beside it is no byte string, and reserved.",
+            set_prefix + '{"$bytes":"AA==","x":1}}', request_id=4),
+        bad("json_bytes_as_key", "Map keys are strings: bytes cannot be a key, and a "
+            "string is where a key of kind `key` is required.",
+            f'{{"t":"get","id":5,"session_id":"{SID}","key":{{"$bytes":"AA=="}}}}',
+            request_id=5),
+        bad("json_float_id", "An id is a uint: 7.0 is a float.", '{"t":"ping","id":7.0}'),
+    ]
+    return {"version": 1, "valid": valid_json, "invalid": invalid_json}
+
+
 def main() -> None:
     tags = {v["message"]["t"] for v in VALID}
     missing = set(MESSAGE_TYPES) - tags
@@ -553,6 +609,10 @@ def main() -> None:
         text = json.dumps({"version": 1, "vectors": vectors}, indent=1, ensure_ascii=False)
         (HERE / filename).write_text(text + "\n", encoding="utf-8")
         print(f"{filename}: {len(vectors)} vectors")
+    doc = json_vectors()
+    text = json.dumps(doc, indent=1, ensure_ascii=False)
+    (HERE / "json.json").write_text(text + "\n", encoding="utf-8")
+    print(f"json.json: {len(doc['valid'])} valid, {len(doc['invalid'])} invalid")
 
 
 if __name__ == "__main__":

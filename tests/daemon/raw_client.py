@@ -53,6 +53,7 @@ class ClientClosed(Exception):
 
 class _Transport(Protocol):
     framing: p.Framing
+    encoding: p.Encoding
 
     async def send(self, data: bytes) -> None: ...
     async def receive(self) -> bytes: ...
@@ -61,6 +62,7 @@ class _Transport(Protocol):
 
 class _UnixTransport:
     framing = p.Framing.STREAM
+    encoding = p.Encoding.MSGPACK
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -79,14 +81,19 @@ class _UnixTransport:
 
 
 class _WSTransport:
+    """With the `nexus.v1.json` subprotocol, bodies are JSON in text messages."""
+
     framing = p.Framing.MESSAGE
 
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
+        self.encoding = (p.Encoding.JSON if ws.subprotocol == "nexus.v1.json"
+                         else p.Encoding.MSGPACK)
 
     async def send(self, data: bytes) -> None:
         try:
-            await self.ws.send_message(data)
+            await self.ws.send_message(data.decode() if self.encoding is p.Encoding.JSON
+                                       else data)
         except WSClosed:
             raise trio.BrokenResourceError("websocket closed") from None
 
@@ -95,6 +102,9 @@ class _WSTransport:
             message = await self.ws.get_message()
         except WSClosed:
             return b""
+        if self.encoding is p.Encoding.JSON:
+            assert isinstance(message, str), f"the daemon sent a binary message: {message!r}"
+            return message.encode()
         assert isinstance(message, bytes), f"the daemon sent a text message: {message!r}"
         return message
 
@@ -112,6 +122,7 @@ class RawClient:
         #: shorter one.
         self.timeout = timeout
         self.conn = p.Connection(p.Side.CLIENT, framing=transport.framing,
+                                 encoding=transport.encoding,
                                  limits=p.Limits(max_frame=0xFFFF_FFFF))
         self.welcome: p.Welcome | None = None
         #: What was wrong with the daemon's bytes, if they ended the connection.
@@ -367,7 +378,7 @@ def connect_unix(path: Path, *, hello: bool = True, channel: str = "api",
 
 
 @asynccontextmanager
-async def _ws(port: int) -> AsyncIterator[_WSTransport]:
+async def _ws(port: int, subprotocols: Sequence[str] = ()) -> AsyncIterator[_WSTransport]:
     # The client owns its TCP stream (rather than `open_websocket_url`) because
     # trio-websocket leaves the socket open when the server closes first.
     with trio.fail_after(TIMEOUT):
@@ -376,6 +387,7 @@ async def _ws(port: int) -> AsyncIterator[_WSTransport]:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(TIMEOUT):
                 ws = await wrap_client_stream(nursery, stream, "127.0.0.1", "/",
+                                              subprotocols=list(subprotocols) or None,
                                               max_message_size=1 << 24)
             try:
                 yield _WSTransport(ws)
@@ -388,12 +400,13 @@ async def _ws(port: int) -> AsyncIterator[_WSTransport]:
 
 
 def connect_ws(port: int, *, hello: bool = True, channel: str = "web", client: str = "test",
-               credential: str | None = None,
-               timeout: float = TIMEOUT) -> AbstractAsyncContextManager[RawClient]:
+               credential: str | None = None, timeout: float = TIMEOUT,
+               subprotocols: Sequence[str] = ()) -> AbstractAsyncContextManager[RawClient]:
     """A client on the daemon's WebSocket listener, greeted unless `hello` is False;
-    `timeout` bounds each of its waits."""
-    return _client(lambda: _ws(port), partial(RawClient, timeout=timeout), hello, channel,
-                   client, credential)
+    `timeout` bounds each of its waits. It asks for `subprotocols`, and speaks
+    JSON if the daemon chooses `nexus.v1.json`."""
+    return _client(lambda: _ws(port, subprotocols), partial(RawClient, timeout=timeout), hello,
+                   channel, client, credential)
 
 
 # ------------------------------------------------------------------ the daemon
