@@ -132,13 +132,15 @@ class Config:
                           "stays silent as long again ('off': never)"})
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(), converter=_names,
-        metadata={"help": "web pages that may open a WebSocket, comma-separated origins "
+        metadata={"help": "web pages that may open a WebSocket or write over HTTP, besides "
+                          "the daemon's own HTTP origin: comma-separated origins "
                           "(https://app.example:8443) or '*'; clients that send no "
                           "Origin (programs, not pages) are always allowed"})
     allowed_hosts: tuple[str, ...] = attrs.field(
         default=(), converter=_names,
-        metadata={"help": "host names browsers may reach the daemon by (the Host header), "
-                          "comma-separated, or '*'; default: the address it listens on "
+        metadata={"help": "host names browsers may reach the daemon by (the Host header, "
+                          "WebSocket and HTTP), comma-separated, or '*'; default: the "
+                          "address each listener listens on "
                           "(every loopback name for a loopback address; any name for "
                           "0.0.0.0 or ::)"})
     write_timeout: float = attrs.field(
@@ -199,19 +201,45 @@ class Config:
     max_connections_per_peer: int = attrs.field(
         default=1_000,
         metadata={"help": "most connections from one network address"})
+    # Session intelligence (README "Analytics and insights").
+    max_track: int = attrs.field(
+        default=4096, metadata={"help": "largest tracked event's data, encoded bytes"})
+    track_rate: int = attrs.field(
+        default=600, metadata={"help": "events a session may track per minute"})
+    max_context_keys: int = attrs.field(
+        default=64, metadata={"help": "free-form context keys a session may hold"})
+    analytics_save_every: float = attrs.field(
+        default=5.0, converter=_duration,
+        metadata={"help": "store the daemon-wide analytics this often when they changed"})
+    insight_long_session: float = attrs.field(
+        default=3600.0, converter=_duration,
+        metadata={"help": "insight: a session open longer is long"})
+    insight_high_activity: int = attrs.field(
+        default=10, metadata={"help": "insight: a session with more events is very active"})
+    insight_many_channels: int = attrs.field(
+        default=2, metadata={"help": "insight: a session on more channels is multi-channel"})
+    insight_idle_warning: float = attrs.field(
+        default=0.8, converter=float,
+        metadata={"help": "insight: warn once this fraction of the idle timeout is gone"})
+    insight_expiry_warning: float = attrs.field(
+        default=600.0, converter=_duration,
+        metadata={"help": "insight: warn this long before a session's lifetime ends"})
+    insight_slow_workflow: float = attrs.field(
+        default=30.0, converter=_duration,
+        metadata={"help": "insight: a workflow whose p95 run time is above is slow"})
+    recommend_success_rate: float = attrs.field(
+        default=0.8, converter=float,
+        metadata={"help": "recommend a channel from history if switches to it succeeded "
+                          "at least this often (also the failing-switches insight)"})
+    recommend_avoid_for: float = attrs.field(
+        default=600.0, converter=_duration,
+        metadata={"help": "avoid recommending a channel this long after a switch to it "
+                          "failed"})
     shutdown_grace: float = attrs.field(
         default=10.0, converter=_duration,
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
     http_max_body: int = attrs.field(
         default=1 << 20, metadata={"help": "largest HTTP request body, bytes"})
-    http_hosts: str = attrs.field(
-        default="",
-        metadata={"help": "Host names HTTP answers besides its listen address (comma-"
-                          "separated; a loopback address also answers to localhost)"})
-    http_origins: str = attrs.field(
-        default="",
-        metadata={"help": "browser origins allowed to write over HTTP besides the "
-                          "daemon's own (comma-separated, e.g. https://app.example)"})
     sse_heartbeat: float = attrs.field(
         default=15.0, converter=_duration,
         metadata={"help": "an HTTP event stream sends a comment after this long without "
@@ -241,6 +269,10 @@ class Config:
         metadata={"help": "wait before a run's second attempt; doubles for each after"})
     run_max_inputs: int = attrs.field(
         default=64 * 1024, metadata={"help": "largest inputs of a run, encoded bytes"})
+    wal_limit: int = attrs.field(
+        default=64 << 20,
+        metadata={"help": "WAL file size, bytes, past which the store empties the WAL even "
+                          "if commits wait a moment for readers to finish"})
     log_level: str = attrs.field(default="info",
                                  metadata={"help": "debug, info, warning or error"})
 
@@ -251,7 +283,8 @@ class Config:
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
                      "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
-                     "run_max_inputs"):
+                     "run_max_inputs", "wal_limit", "max_track", "track_rate",
+                     "max_context_keys"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -266,6 +299,11 @@ class Config:
             raise ConfigError("require_create_key must be auto, always or never")
         if self.run_lease <= 0:
             raise ConfigError("run_lease must be above 0")
+        if not 0 < self.insight_idle_warning <= 1 or not 0 <= self.recommend_success_rate <= 1:
+            raise ConfigError("insight_idle_warning and recommend_success_rate are "
+                              "fractions in (0, 1] and [0, 1]")
+        if self.analytics_save_every <= 0:
+            raise ConfigError("analytics_save_every must be above 0")
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:

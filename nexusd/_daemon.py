@@ -32,15 +32,16 @@ from ._bus import LocalBus
 from ._clock import WallClock
 from ._config import Config, ws_address
 from ._limits import LimitSettings, PeerLimits
-from ._origins import ANY, listen_hosts, normalize_origin
+from ._origins import ANY, BrowserRules, listen_hosts, normalize_origin, own_origins
 from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._version import __version__
-from .http import BrowserGuard, HttpChannel, HttpListener, HttpSettings, Metrics
+from .http import HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
+from .session._insights import InsightSettings
 from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
@@ -139,7 +140,16 @@ class Daemon:
             max_connections=config.max_connections,
             max_connections_per_peer=config.max_connections_per_peer,
             create_rate=config.create_rate, create_burst=config.create_burst))
-        self.analytics = ChannelAnalytics()
+        self.insight = InsightSettings(
+            long_session=config.insight_long_session,
+            high_activity=config.insight_high_activity,
+            many_channels=config.insight_many_channels,
+            idle_warning=config.insight_idle_warning,
+            expiry_warning=config.insight_expiry_warning,
+            slow_workflow=config.insight_slow_workflow,
+            success_rate=config.recommend_success_rate,
+            avoid_for=config.recommend_avoid_for)
+        self.analytics = ChannelAnalytics(self.insight)
         self.clock: WallClock  # made in `run`, from trio's clock
         self.registry: Registry
         self.reaper: Reaper
@@ -188,13 +198,15 @@ class Daemon:
             # The store reads its clock in its writer thread, where trio's clock
             # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
             self.store = await open_store(config.durability, config.data,
-                                          retention=config.retention, clock=time.time)
+                                          retention=config.retention, clock=time.time,
+                                          wal_limit=config.wal_limit)
         keys = self.store.keys
         pid_file = config.data / PID_FILE if keys is not None else None
         if pid_file is not None:
             pid_file.write_text(f"{os.getpid()}\n")
         self._started_at = trio.current_time()
         self._started_wall = time.time()
+        self.analytics.restore(await self.store.load_analytics())
         try:
             async with trio.open_nursery() as actors:
                 deadlines = Deadlines()
@@ -204,7 +216,11 @@ class Daemon:
                     limits=CommandLimits(max_depth=config.max_depth,
                                          max_patch=config.max_patch,
                                          max_keys=config.max_keys, max_ttl=config.max_ttl,
-                                         max_context=config.max_context),
+                                         max_context=config.max_context,
+                                         max_context_keys=config.max_context_keys,
+                                         max_track=config.max_track,
+                                         track_rate=config.track_rate,
+                                         insight=self.insight),
                     max_frame=config.max_frame,
                     policy=SessionPolicy(
                         config.default_ttl, config.max_ttl, config.default_idle,
@@ -230,6 +246,8 @@ class Daemon:
                     await services.start(self.service.workflows.run)
                     await services.start(self.registry.hibernate_quiet)
                     await services.start(self.peer_limits.run)
+                    await services.start(self.analytics.keep, self.store,
+                                         config.analytics_save_every)
                     if keys is not None:
                         # After a key rotation, move data keys to the current
                         # master key; values are never rewritten.
@@ -246,6 +264,9 @@ class Daemon:
                         await self._drain_connections()
                     services.cancel_scope.cancel()
                 await self.registry.aclose()
+            # After the last commit: a clean restart gives the same figures.
+            with trio.move_on_after(10, shield=True):
+                await self.analytics.save(self.store)
         finally:
             with trio.move_on_after(30, shield=True):
                 await self.store.aclose()
@@ -322,7 +343,8 @@ class Daemon:
 
         async def serve_websocket(host: str, port: int, tls: ssl.SSLContext | None,
                                   task_status: trio.TaskStatus[int]) -> None:
-            await serve_ws(handle, host, port, websocket_settings(config, host),
+            await serve_ws(handle, host, port,
+                           websocket_settings(config, host, self.http_port),
                            ssl_context=tls, handler_nursery=connections,
                            limits=self.peer_limits,
                            task_status=task_status)
@@ -334,14 +356,16 @@ class Daemon:
                                           handler_nursery=connections,
                                           limits=self.peer_limits))
             log.info("listening on unix:%s", config.socket)
+        # HTTP first: pages it serves may open a WebSocket, from an origin
+        # that names the port it is bound to.
+        if config.http is not None:
+            await self._listen_http(config.http, listeners, connections)
         if config.ws is not None:
             host, port = ws_address(config.ws)
             tls = self._tls()
             self.ws_port = await listeners.start(serve_websocket, host, port, tls)
             scheme = "wss" if tls else "ws"
             log.info("listening on %s://%s:%d/", scheme, _bracket(host), self.ws_port)
-        if config.http is not None:
-            await self._listen_http(config.http, listeners, connections)
 
     def _tls(self) -> ssl.SSLContext | None:
         config = self.config
@@ -364,12 +388,16 @@ class Daemon:
             sse_queue_bytes=config.sse_queue_bytes, write_timeout=config.write_timeout,
             check_admin_key=self.check_admin_key, check_create_key=self.check_create_key,
             require_create_key=self.requires_create_key())
-        guard = BrowserGuard(host, config.http_hosts.split(","), config.http_origins.split(","))
-        self.http = HttpChannel(self.service, settings, self.metrics, guard, self.stats,
-                                listener.abort_client)
+
+        def make_app(bound_port: int) -> Any:
+            self.http = HttpChannel(self.service, settings, self.metrics,
+                                    browser_rules(config, host, bound_port), self.stats,
+                                    listener.abort_client)
+            return self.http.app
+
         tls = self._tls()
         self.http_port = await listeners.start(partial(
-            listener.serve, self.http.app, host, port, tls, handler_nursery=connections))
+            listener.serve, make_app, host, port, tls, handler_nursery=connections))
         log.info("listening on %s://%s:%d/", listener.scheme, _bracket(host), self.http_port)
 
     async def _drain_connections(self) -> None:
@@ -394,6 +422,7 @@ class Daemon:
         """The daemon's figures; costs the same whatever the number of sessions
         and connections (counters kept as they change, and one store read)."""
         r = self.registry.statistics()
+        store_statistics = getattr(self.store, "statistics", None)  # a disk store's figures
         lim = self.peer_limits.statistics()
         bus = self.bus.statistics()
         kinds = {kind: n for kind, n in self._connections_by_kind.items() if n}
@@ -433,32 +462,42 @@ class Daemon:
             },
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port, "http_port": self.http_port},
+            "store": attrs.asdict(store_statistics()) if store_statistics else None,
         }
 
 
-def websocket_settings(config: Config, host: str) -> WebSocketSettings:
-    """The WebSocket listener's bounds and allow-lists, for a listener on `host`.
+def browser_rules(config: Config, host: str, http_port: int | None = None) -> BrowserRules:
+    """The allow-lists of a listener on `host`, WebSocket or HTTP alike.
 
-    Pages may connect from the origins of `allowed_origins` and from the
-    daemon's own HTTP origin (when `http` names its port); browsers may name
-    the daemon by the hosts of `allowed_hosts`, by default those `host`
-    answers to.
+    Pages may come from the origins of `allowed_origins` and from the
+    daemon's own HTTP origin: `http_port` (default: the port `http` names)
+    under each name the HTTP listener answers to. Browsers may name the
+    daemon by the hosts of `allowed_hosts`, by default those `host` answers to.
     """
     hosts = frozenset(h.strip("[]").lower() for h in config.allowed_hosts)
     origins = {o if o == ANY else normalize_origin(o) for o in config.allowed_origins}
     if config.http is not None:
-        http_host, http_port = ws_address(config.http, "http")
-        if http_port:
+        http_host, configured_port = ws_address(config.http, "http")
+        port = http_port or configured_port
+        if port:
             scheme = "https" if config.tls_cert is not None else "http"
-            for name in listen_hosts(http_host) or {http_host}:
-                origins.add(normalize_origin(f"{scheme}://{_bracket(name)}:{http_port}"))
+            names = hosts - {ANY} or listen_hosts(http_host) or {http_host}
+            origins |= own_origins(scheme, names, port)
+    return BrowserRules(frozenset(origins), hosts if hosts else listen_hosts(host))
+
+
+def websocket_settings(config: Config, host: str, http_port: int | None = None
+                       ) -> WebSocketSettings:
+    """The WebSocket listener's bounds and allow-lists (`browser_rules`), for
+    a listener on `host`."""
+    rules = browser_rules(config, host, http_port)
     return WebSocketSettings(
         # One byte over the protocol's limit reaches the protocol, which
         # answers `too_large`; longer messages are refused unread.
         max_message=config.max_frame + 1,
         handshake_timeout=config.handshake_timeout, read_timeout=config.read_timeout,
-        ping_interval=config.ws_ping_interval, allowed_origins=frozenset(origins),
-        allowed_hosts=hosts if hosts else listen_hosts(host))
+        ping_interval=config.ws_ping_interval, allowed_origins=rules.origins,
+        allowed_hosts=rules.hosts)
 
 
 def _bracket(host: str) -> str:

@@ -14,7 +14,10 @@ import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-__all__ = ["ANY", "check_browser", "listen_hosts", "normalize_origin"]
+import attrs
+
+__all__ = ["ANY", "BrowserRules", "check_browser", "listen_hosts", "normalize_origin",
+           "own_origins"]
 
 #: In an allow-list: anything goes.
 ANY = "*"
@@ -81,10 +84,32 @@ def check_browser(origin: str | None, host: str | None, allowed_origins: Iterabl
         if ANY not in hosts:
             name = _host_name(host or "")
             if name not in hosts:
-                return f"host {host!r} is not one this daemon answers to"
+                return f"host {host!r} is not one this daemon answers to (see --allowed-hosts)"
     if origin is None:
         return None
     origins = frozenset(allowed_origins)
     if ANY in origins or normalize_origin(origin) in origins:
         return None
     return f"origin {origin!r} is not allowed (see --allowed-origins)"
+
+
+def own_origins(scheme: str, hosts: Iterable[str], port: int) -> frozenset[str]:
+    """The origins of pages a listener on `port` serves under each of the
+    host names `hosts` (``http://localhost:8000``, ...)."""
+    return frozenset(normalize_origin(f"{scheme}://[{name}]:{port}" if ":" in name
+                                      else f"{scheme}://{name}:{port}") for name in hosts)
+
+
+@attrs.frozen
+class BrowserRules:
+    """One listener's allow-lists, as `check_browser` takes them: the
+    origins of the pages it serves (normalized, or `ANY`) and the host
+    names it answers to (None: any)."""
+
+    origins: frozenset[str]
+    hosts: frozenset[str] | None
+
+    def check(self, origin: str | None, host: str | None) -> str | None:
+        """None if a request with these `Origin` and `Host` headers may be
+        served, else the reason to refuse it."""
+        return check_browser(origin, host, self.origins, self.hosts)

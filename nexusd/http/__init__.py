@@ -3,7 +3,6 @@ as an adapter over the session service, served by hypercorn in the daemon's
 nurseries."""
 
 from ._app import HttpSettings as HttpSettings
-from ._browser import BrowserGuard as BrowserGuard
 from ._channel import HttpChannel as HttpChannel
 from ._metrics import Metrics as Metrics
 from ._server import HttpListener as HttpListener

@@ -2,16 +2,18 @@
 
 Routes are declared once, in `_routes`, with what the OpenAPI document says
 of them; this module serves them. Every answer is JSON, errors included,
-whatever fails: never a traceback, never an HTML page. Before any route,
-a request is checked against the browser rules (`BrowserGuard`) and refused
-while the daemon drains.
+whatever fails: never a traceback, never an HTML page (the inspector's
+page, at `/`, aside: `_inspector`). Before any route, a request is checked
+against the browser rules (`BrowserRules`: its `Host` must be a name the
+daemon answers to, and a write, anything but GET, HEAD and OPTIONS, must
+come from no page or an allowed one) and refused while the daemon drains.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import trio
 from nexus_protocol import ErrorCode
@@ -21,9 +23,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .._origins import BrowserRules
 from .._service import SessionService
 from ._app import ChannelParts, Exchange, HttpSettings, error_response
-from ._browser import BrowserGuard
 from ._mapping import HttpError
 from ._metrics import Metrics
 from ._routes import ROUTES
@@ -34,17 +36,22 @@ log = logging.getLogger("nexusd.http")
 
 Handler = Callable[[Exchange], Awaitable[Response]]
 
+#: Methods that change nothing: a page of any origin may send them (the
+#: browser keeps their answers from it unless CORS allows, and nexusd's
+#: never do).
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class HttpChannel:
     """The HTTP channel of one daemon: the Starlette app (`app`), its
     listener's shutdown hooks, and `stopping`, set when the daemon drains."""
 
     def __init__(self, service: SessionService, settings: HttpSettings, metrics: Metrics,
-                 guard: BrowserGuard, figures: Callable[[], Awaitable[dict[str, Any]]],
+                 browser: BrowserRules, figures: Callable[[], Awaitable[dict[str, Any]]],
                  abort_client: Callable[[tuple[str, int] | None], None]) -> None:
         self.parts = ChannelParts(service, settings, metrics, figures, abort_client)
         self.metrics = metrics
-        self.guard = guard
+        self.browser = browser
         # One Starlette route per path, so that a method it lacks is answered
         # 405 with every method it has.
         by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
@@ -64,8 +71,11 @@ class HttpChannel:
                 if self.parts.stopping.is_set():
                     raise HttpError(ErrorCode.UNAVAILABLE, "the daemon is shutting down",
                                     retry_after=1.0)
-                self.guard.check(method, request.headers.get("host"),
-                                 request.headers.get("origin"))
+                origin = request.headers.get("origin")
+                refused = self.browser.check(None if method in _SAFE_METHODS else origin,
+                                             request.headers.get("host"))
+                if refused is not None:
+                    raise HttpError(ErrorCode.FORBIDDEN, refused)
                 response = await handler(Exchange(self.parts, request))
                 code = None
             except HttpError as exc:

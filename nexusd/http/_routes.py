@@ -38,6 +38,7 @@ from starlette.responses import Response
 
 from ._app import Exchange, json_response, parse_uint
 from ._events import events
+from ._inspector import inspector_file
 from ._mapping import HttpError, build, parse_version, reply_json
 from ._metrics import CONTENT_TYPE
 from ._openapi import openapi
@@ -282,6 +283,13 @@ ROUTES: Final[tuple[Endpoint, ...]] = (
              "The workflows live workers serve now, with those workers", auth="none",
              reply="Workflows"),
     Endpoint("GET", "/openapi.json", _openapi, "This document", auth="none"),
+    Endpoint("GET", "/", inspector_file("index.html", "text/html"),
+             "The inspector: sessions live in a browser (README \"The inspector\")",
+             auth="none", media="text/html"),
+    Endpoint("GET", "/inspector.js", inspector_file("inspector.js", "text/javascript"),
+             "The inspector's script", auth="none", media="text/javascript"),
+    Endpoint("GET", "/inspector.css", inspector_file("inspector.css", "text/css"),
+             "The inspector's style sheet", auth="none", media="text/css"),
     Endpoint("GET", "/metrics", _metrics, "Metrics in the Prometheus text format",
              auth="none", media=CONTENT_TYPE),
 )

@@ -81,17 +81,17 @@ class HttpListener:
     def statistics(self) -> HttpListenerStatistics:
         return HttpListenerStatistics(len(self._sockets), self._accepted)
 
-    async def serve(self, app: ASGIApp, host: str, port: int, tls: ssl.SSLContext | None, *,
-                    handler_nursery: trio.Nursery,
+    async def serve(self, make_app: Callable[[int], ASGIApp], host: str, port: int,
+                    tls: ssl.SSLContext | None, *, handler_nursery: trio.Nursery,
                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serves `app` on `host`:`port` (0: any free port) and reports the
-        port bound; each connection runs in `handler_nursery`. Returns never:
-        cancel it to stop accepting.
+        """Serves the app `make_app(port)` makes (the port bound: the app's
+        own origin names it) on `host`:`port` (0: any free port) and reports
+        the port bound; each connection runs in `handler_nursery`. Returns
+        never: cancel it to stop accepting.
 
         Raises:
             OSError: the address cannot be bound (in use, not local).
         """
-        self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
         try:
             listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -99,6 +99,8 @@ class HttpListener:
                 raise OSError(exc.errno, in_use(f"{bracket(host)}:{port}")) from None
             raise
         self.port = listeners[0].socket.getsockname()[1]
+        app: Any = make_app(self.port)
+        self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")
         if tls is not None:
             tls.set_alpn_protocols(["h2", "http/1.1"])
             listeners = [trio.SSLListener(listener, tls, https_compatible=True)

@@ -198,6 +198,10 @@ class SessionActor:
         snapshot and the changes retained for replay."""
         return self.snapshot_bytes + self._topic.history_bytes
 
+    def _attached(self) -> list[str]:
+        """The channels watchers are attached on now."""
+        return sorted({w.channel for w in self._watchers.values() if not w.closed})
+
     @property
     def _watchers(self) -> Mapping[str, _Watcher]:
         # Only this actor subscribes to its topic, and only watchers.
@@ -396,7 +400,7 @@ class SessionActor:
                           getattr(req, "token", None),
                           scope if type(scope) is str else scope(req))  # type: ignore[operator]
             decision = command.decide(self.state, req, Context(
-                now, principal.channel, principal.writer, self._limits))
+                now, principal.channel, principal.writer, self._limits, self._attached))
             if decision.change is not None:
                 self._commit(decision.change)
                 if decision.reschedule:

@@ -16,7 +16,7 @@ publishes it. A new request type is one function here and one row below.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -30,10 +30,13 @@ from nexus_protocol import (
     Get,
     Grant,
     Granted,
+    Insights,
     Invalidate,
+    MergeContext,
     Message,
     Ok,
     Patch,
+    Recommend,
     Renew,
     Renewed,
     Report,
@@ -46,6 +49,7 @@ from nexus_protocol import (
     SwitchComplete,
     Switched,
     Sync,
+    Track,
     UpdateContext,
     Value,
     Written,
@@ -54,7 +58,14 @@ from nexus_protocol import (
 
 from .._auth import hash_token, new_token
 from .._errors import RequestError
-from ._state import MAX_HISTORY, SessionState
+from ._insights import (
+    InsightSettings,
+    recommend,
+    session_insights,
+    transition_report,
+    workflow_report,
+)
+from ._state import MAX_HISTORY, TRACK_WINDOW, SessionState
 
 __all__ = [
     "COMMANDS",
@@ -81,6 +92,10 @@ class CommandLimits:
     max_keys: int = 10_000
     max_ttl: float = 30 * 86400.0
     max_context: int = 64 * 1024  # encoded bytes of one context part
+    max_context_keys: int = 64  # free-form context keys (merge_context)
+    max_track: int = 4096  # encoded bytes of one tracked event's data
+    track_rate: int = 600  # tracked events per session per TRACK_WINDOW
+    insight: InsightSettings = attrs.Factory(InsightSettings)
 
 
 @attrs.frozen(slots=True)
@@ -91,6 +106,8 @@ class Context:
     channel: str  # the principal's channel label
     writer: str  # the name its changes record
     limits: CommandLimits
+    # The channels watchers are attached on now (asked only by `recommend`).
+    attached: Callable[[], Collection[str]] = tuple
 
 
 # ---------------------------------------------------- the daemon's requests
@@ -307,6 +324,56 @@ def _update_context(state: SessionState, req: UpdateContext, ctx: Context) -> De
     return Decision(Written(id=req.id, seq=change.seq), change)
 
 
+#: Context keys the daemon writes itself; `merge_context` may not.
+_OWN_KEYS: Final = frozenset({"current_channel", "updated_at"})
+
+
+def _merge_context(state: SessionState, req: MergeContext, ctx: Context) -> Decision:
+    own = sorted(_OWN_KEYS & set(req.values))
+    if own:
+        raise RequestError(ErrorCode.BAD_REQUEST,
+                           f"the daemon keeps {', '.join(own)}; merge_context cannot set it")
+    context = dict(state.context)
+    for key, value in req.values.items():
+        if value is None:
+            context.pop(key, None)
+        else:
+            context[key] = value[-MAX_HISTORY:] if key == "history" and isinstance(
+                value, list) else value
+    free = {k: v for k, v in context.items()
+            if k not in _OWN_KEYS | {"preferences", "history", "metrics"}}
+    if len(free) > ctx.limits.max_context_keys:
+        raise RequestError(ErrorCode.BAD_REQUEST,
+                           f"the context would hold {len(free)} free-form keys; the most is "
+                           f"{ctx.limits.max_context_keys}")
+    for part in ("preferences", "history", "metrics"):
+        if part in req.values:
+            _check_context(ctx, part, req.values[part])
+    _check_context(ctx, "the free-form context keys", free)
+    context["current_channel"] = req.channel or state.context.get("current_channel")
+    context["updated_at"] = ctx.now
+    change = _change(state, ctx, "context", value=context)
+    return Decision(Written(id=req.id, seq=change.seq), change)
+
+
+def _track(state: SessionState, req: Track, ctx: Context) -> Decision:
+    window = int(ctx.now // TRACK_WINDOW)
+    if window == state.track_window and state.track_count >= ctx.limits.track_rate:
+        raise RequestError(ErrorCode.BUSY,
+                           f"the session tracked {state.track_count} events in this "
+                           f"{TRACK_WINDOW:g} s window, the most allowed",
+                           retry_after=(window + 1) * TRACK_WINDOW - ctx.now)
+    _check_stored(ctx, "the event data", req.data, room=3)
+    size = len(msgpack.packb(req.data, use_bin_type=True))
+    if size > ctx.limits.max_track:
+        raise RequestError(ErrorCode.BAD_REQUEST,
+                           f"the event data takes {size} bytes; the most is "
+                           f"{ctx.limits.max_track}")
+    change = _change(state, ctx, "track",
+                     value={"event_type": req.event_type, "data": req.data})
+    return Decision(Written(id=req.id, seq=change.seq), change)
+
+
 def _switch_begin(state: SessionState, req: SwitchBegin, ctx: Context) -> Decision:
     current = state.context.get("current_channel")
     if req.from_channel is not None and req.from_channel != current:
@@ -377,7 +444,23 @@ def _sync(state: SessionState, req: Sync, ctx: Context) -> Decision:
 
 
 def _summary(state: SessionState, req: Summary, ctx: Context) -> Decision:
-    return Decision(Report(id=req.id, report=state.summary(ctx.now)))
+    report = state.summary(ctx.now)
+    report["transition_analytics"] = transition_report(state.switch_pairs)
+    report["performance"] = workflow_report(state.workflows)
+    return Decision(Report(id=req.id, report=report))
+
+
+def _insights(state: SessionState, req: Insights, ctx: Context) -> Decision:
+    found = session_insights(state, ctx.now, ctx.limits.insight)
+    return Decision(Report(id=req.id, report={"session_id": state.session_id,
+                                              "insights": found}))
+
+
+def _recommend(state: SessionState, req: Recommend, ctx: Context) -> Decision:
+    choice = recommend(state, req.task_type, req.experience, ctx.attached(), ctx.now,
+                       ctx.limits.insight)
+    return Decision(Report(id=req.id, report={"session_id": state.session_id,
+                                              "task_type": req.task_type, **choice}))
 
 
 # ------------------------------------------------------------------- runs
@@ -439,6 +522,8 @@ COMMANDS: Final[dict[type[SessionRequest], Command]] = {
     Delete: Command(_delete, "write", write=True),
     Patch: Command(_patch, "write", write=True),
     UpdateContext: Command(_update_context, "write", write=True),
+    MergeContext: Command(_merge_context, "write", write=True),
+    Track: Command(_track, "write", write=True),
     SwitchBegin: Command(_switch_begin, "write", write=True),
     SwitchComplete: Command(_switch_complete, "write", write=True),
     Renew: Command(_renew, "write", write=True),
@@ -447,6 +532,8 @@ COMMANDS: Final[dict[type[SessionRequest], Command]] = {
     Get: Command(_get, "read"),
     Sync: Command(_sync, "read"),
     Summary: Command(_summary, "read"),
+    Insights: Command(_insights, "read"),
+    Recommend: Command(_recommend, "read"),
     Attach: Command(_attach, _attach_scope),
     Detach: Command(_detach, None),
     Grant: Command(_grant, "admin"),

@@ -197,5 +197,11 @@ class Store(Protocol):
     async def count(self) -> int:
         """How many sessions the store holds."""
 
+    async def save_analytics(self, doc: bytes) -> None:
+        """Stores the daemon-wide analytics document, replacing the last."""
+
+    async def load_analytics(self) -> bytes | None:
+        """The analytics document last stored, or None."""
+
     async def aclose(self) -> None:
         """Flushes and releases everything."""

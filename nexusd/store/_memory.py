@@ -40,6 +40,7 @@ class MemoryStore:
         # Sorted (deadline, session_id): the deadline index.
         self._deadlines: list[tuple[float, str]] = []
         self._ids: list[str] = []  # sorted, for list_sessions
+        self._analytics: bytes | None = None
 
     @property
     def keys(self) -> KeyManagement | None:
@@ -103,6 +104,12 @@ class MemoryStore:
 
     async def count(self) -> int:
         return len(self._records)
+
+    async def save_analytics(self, doc: bytes) -> None:
+        self._analytics = doc
+
+    async def load_analytics(self) -> bytes | None:
+        return self._analytics
 
     async def aclose(self) -> None:
         pass

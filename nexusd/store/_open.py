@@ -19,7 +19,8 @@ DURABILITIES: Final = ("process", "power", "memory")
 
 
 async def open_store(durability: str, data_dir: Path, *, retention: int = 1000,
-                     clock: Callable[[], float] = time.time) -> Store:
+                     clock: Callable[[], float] = time.time,
+                     wal_limit: int = 64 << 20) -> Store:
     """Opens the store for the daemon's `durability`:
 
     - "process" (survives `kill -9`) and "power" (survives a power cut): the
@@ -33,6 +34,8 @@ async def open_store(durability: str, data_dir: Path, *, retention: int = 1000,
         retention: events each session keeps for resume after a snapshot.
         clock: wall-clock seconds. A SQLite store reads it in its writer
             thread, where trio's clock cannot be read: so the plain wall clock.
+        wal_limit: bytes past which a SQLite store truncates its WAL
+            (`--wal-limit`).
 
     Raises:
         ValueError: `durability` is not one of `DURABILITIES`.
@@ -44,4 +47,5 @@ async def open_store(durability: str, data_dir: Path, *, retention: int = 1000,
         raise ValueError(f"durability must be one of {', '.join(DURABILITIES)}, "
                          f"not {durability!r}")
     return await open_sqlite_store(data_dir, durability=durability,
-                                   retention_events=retention, clock=clock)
+                                   retention_events=retention, clock=clock,
+                                   wal_limit=wal_limit)

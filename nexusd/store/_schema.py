@@ -1,6 +1,6 @@
-"""The SQLite store's file: its tables and their migrations, the SQL and row
-conversions the store shares with tools that read the file, and the check that
-a key ring matches the data.
+"""The SQLite store's file: how a connection to it is opened, its tables and
+their migrations, the SQL and row conversions the store shares with tools that
+read the file, and the check that a key ring matches the data.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "UPDATE_META",
     "check_keys",
+    "connect_db",
     "fixed_meta",
     "meta_from_row",
     "meta_params",
@@ -95,9 +96,15 @@ def _schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE sessions ADD COLUMN idle_lag REAL NOT NULL DEFAULT 0")
 
 
+def _schema_4(conn: sqlite3.Connection) -> None:
+    # Daemon-wide aggregates stored whole (the analytics document): counts
+    # keyed by labels, no session data, so kept outside the sealed rows.
+    conn.execute("CREATE TABLE aggregates (name TEXT PRIMARY KEY, doc BLOB NOT NULL)")
+
+
 #: Migration i brings a database from user_version i to i + 1. Append only.
 MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (
-    _schema_1, _schema_2, _schema_3)
+    _schema_1, _schema_2, _schema_3, _schema_4)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -222,3 +229,30 @@ def check_keys(conn: sqlite3.Connection, keyring: KeyRing) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def connect_db(target: str, durability: str, *, wal_limit: int = 64 << 20,
+               uri: bool = False) -> sqlite3.Connection:
+    """A connection to the database at `target` with the pragmas every
+    connection of the store needs for `durability` ("none": in memory)."""
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000, uri=uri)
+    try:
+        if durability == "none":
+            conn.execute("PRAGMA journal_mode = MEMORY")
+            conn.execute("PRAGMA synchronous = OFF")
+        else:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"cannot put the database in WAL mode (it is in {mode})")
+            level = "FULL" if durability == "power" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous = {level}")
+            # A WAL that grew past this while readers kept it from resetting
+            # is cut back to it at its next reset (never by a connection that
+            # commits in trio's thread: see `open_sqlite_store`).
+            conn.execute(f"PRAGMA journal_size_limit = {int(wal_limit)}")
+        conn.execute("PRAGMA secure_delete = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -46,6 +46,7 @@ from typing import Any, Final, TypeVar
 import attrs
 import trio
 
+from ._checkpoint import Checkpointer
 from ._crypto import KeyRing, SessionCipher, load_keyring
 from ._interface import (
     IDLE_LAG,
@@ -58,7 +59,6 @@ from ._interface import (
 )
 from ._lock import lock_data_dir
 from ._schema import (
-    BUSY_TIMEOUT_MS,
     DB_FILE,
     DUE_SQL,
     INSERT_EVENT,
@@ -67,13 +67,14 @@ from ._schema import (
     NEXT_DEADLINE_SQL,
     UPDATE_META,
     check_keys,
+    connect_db,
     fixed_meta,
     meta_from_row,
     meta_params,
     migrate,
     new_session_row,
 )
-from ._writer import Checkpointer, TaskWriter, ThreadWriter, Writer
+from ._writer import TaskWriter, ThreadWriter, Writer
 
 __all__ = [
     "DURABILITIES",
@@ -86,7 +87,6 @@ T = TypeVar("T")
 
 #: SQLite's durabilities ("none": an in-memory database; see above).
 DURABILITIES: Final = ("none", "process", "power")
-_WAL_LIMIT: Final = 64 << 20  # bytes the WAL file is brought back to after a burst
 _CIPHER_CACHE: Final = 4096  # data keys the writer keeps unwrapped
 
 
@@ -103,6 +103,11 @@ class StoreStatistics:
         queued: requests waiting for the writer right now.
         reads: reads served.
         sessions_read: session rows decoded by reads (a measure of read work).
+        wal_bytes: the size of the WAL file now.
+        checkpoints: WAL checkpoints the store ran (at durability "power",
+            not counting those SQLite runs by itself after commits).
+        wal_truncations: checkpoints that emptied the WAL file (after deletes,
+            over the WAL limit, or asked for).
     """
 
     commits: int
@@ -113,27 +118,9 @@ class StoreStatistics:
     queued: int
     reads: int
     sessions_read: int
-
-
-def _connect(target: str, durability: str, *, uri: bool = False) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000, uri=uri)
-    try:
-        if durability == "none":
-            conn.execute("PRAGMA journal_mode = MEMORY")
-            conn.execute("PRAGMA synchronous = OFF")
-        else:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"cannot put the database in WAL mode (it is in {mode})")
-            level = "FULL" if durability == "power" else "NORMAL"
-            conn.execute(f"PRAGMA synchronous = {level}")
-            conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
-        conn.execute("PRAGMA secure_delete = ON")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    wal_bytes: int
+    checkpoints: int
+    wal_truncations: int
 
 
 # -- the store --------------------------------------------------------------
@@ -180,7 +167,8 @@ class SqliteStore:
         return StoreStatistics(commits=w.commits, writes=w.writes, appends=w.appends,
                                events=w.events, largest_batch=w.largest_batch,
                                queued=w.queued, reads=self._reads,
-                               sessions_read=self._sessions_read)
+                               sessions_read=self._sessions_read, wal_bytes=w.wal_bytes(),
+                               checkpoints=w.checkpoints, wal_truncations=w.truncations)
 
     @property
     def keys(self) -> KeyManagement | None:
@@ -411,11 +399,14 @@ class SqliteStore:
 
         The writer does this by itself about a second after deletes; this is
         for tests and for taking backups.
+
+        Raises:
+            StoreError: readers kept the WAL in use for 10 s, or the
+                checkpoint failed.
         """
-        def run(conn: sqlite3.Connection) -> None:
-            if self._n_readers:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await self._write("raw", run)
+        if self._closed:
+            raise trio.ClosedResourceError("the store is closed")
+        await self._writer.checkpoint()
 
     # ---- reads ----
 
@@ -478,6 +469,19 @@ class SqliteStore:
             return n
         return await self._read(run)
 
+    async def save_analytics(self, doc: bytes) -> None:
+        """Stores the daemon-wide analytics document, replacing the last."""
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO aggregates VALUES ('analytics', ?)", (doc,))
+        await self._write("analytics", run)
+
+    async def load_analytics(self) -> bytes | None:
+        """The analytics document last stored, or None."""
+        def run(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT doc FROM aggregates WHERE name = 'analytics'").fetchone()
+            return None if row is None else bytes(row[0])
+        return await self._read(run)
+
     async def aclose(self) -> None:
         """Finishes the queued writes, then closes every connection. Idempotent."""
         if self._closed:
@@ -532,6 +536,7 @@ async def open_sqlite_store(
     retention_seconds: float = 86400.0,
     clock: Callable[[], float] = time.time,
     readers: int = 4,
+    wal_limit: int = 64 << 20,
 ) -> SqliteStore:
     """Opens (creating if needed) the store in `data_dir`.
 
@@ -547,6 +552,9 @@ async def open_sqlite_store(
             before the snapshot) each session keeps for resume.
         clock: wall-clock seconds, for the age window of retention.
         readers: read connections (disk stores only).
+        wal_limit: WAL file size, bytes, past which the store truncates the
+            WAL even if commits wait briefly (in a worker thread, never in
+            trio's) for readers to finish (disk stores only).
 
     Raises:
         StoreError: the database cannot be opened, is newer than this nexusd,
@@ -559,6 +567,8 @@ async def open_sqlite_store(
                          f"not {durability!r}")
     if durability != "none" and data_dir is None:
         raise ValueError(f"durability {durability!r} needs a data directory")
+
+    wal = None if data_dir is None else Path(data_dir) / f"{DB_FILE}-wal"
 
     def open_db() -> tuple[sqlite3.Connection, list[sqlite3.Connection], KeyRing,
                            Checkpointer | None]:
@@ -574,13 +584,13 @@ async def open_sqlite_store(
             # Created 0600 here; SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(target, os.O_RDWR | os.O_CREAT, 0o600))
         try:
-            conn = _connect(target, durability)
+            conn = connect_db(target, durability, wal_limit=wal_limit)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {target}: {exc}") from None
         try:
             migrate(conn)
             check_keys(conn, ring)
-            pool = [_connect(target, durability) for _ in range(readers)
+            pool = [connect_db(target, durability, wal_limit=wal_limit) for _ in range(readers)
                     if durability != "none"]
             for r in pool:
                 r.execute("PRAGMA query_only = ON")
@@ -590,8 +600,8 @@ async def open_sqlite_store(
                 # in its thread: this connection commits in trio's.
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
                 conn.execute("PRAGMA journal_size_limit = -1")
-                checkpointer = Checkpointer(_connect(target, durability), target + "-wal",
-                                            _WAL_LIMIT)
+                checkpointer = Checkpointer(connect_db(target, durability, wal_limit=wal_limit),
+                                            wal, wal_limit=wal_limit)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"cannot open {target}: {exc}") from None
@@ -611,7 +621,7 @@ async def open_sqlite_store(
         if lock is not None:
             os.close(lock)
         raise
-    writer: Writer = (ThreadWriter(conn) if durability == "power"
+    writer: Writer = (ThreadWriter(conn, wal, wal_limit=wal_limit) if durability == "power"
                        else TaskWriter(conn, checkpointer))
     return SqliteStore(writer, pool, keyring=ring, retention_events=retention_events,
                        retention_seconds=retention_seconds, clock=clock,

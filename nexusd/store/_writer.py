@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 
+from . import _checkpoint
+from ._checkpoint import (
+    TRUNCATE_WAIT,
+    Checkpointer,
+    truncate_wal,
+    wal_checkpoint,
+    wal_size,
+)
 from ._interface import StoreError
 
-__all__ = ["Checkpointer", "TaskWriter", "ThreadWriter", "Writer"]
+__all__ = ["TaskWriter", "ThreadWriter", "Writer"]
 
 T = TypeVar("T")
 
@@ -37,10 +45,7 @@ _MAX_BATCH: Final = 256
 # 10-35 ms of the commit's thread; 16 take about 1-2 ms, and a lone write
 # (the common case, where latency matters) never waits for a thread.
 _INLINE_BATCH: Final = 16
-_SHRED_DELAY: Final = 1.0  # seconds from a delete to the checkpoint that purges the WAL
 _GROUPING_WINDOW: Final = 0.001  # seconds: writes this close wait one turn to commit together
-_CHECKPOINT_EVERY: Final = 256  # commits between WAL checkpoints (about 1,000 pages)
-_CHECKPOINT_INTERVAL: Final = 1.0  # seconds between checkpoints while anything commits
 
 
 @attrs.define(eq=False)
@@ -52,6 +57,7 @@ class _Request:
     error: BaseException | None = None
     finished: bool = False  # value or error is final
     abandoned: bool = False  # its caller was cancelled before the writer took it
+    leads: bool = False  # `done` set to hand its caller the lead (TaskWriter)
 
     def result(self) -> Any:
         if self.error is not None:
@@ -83,6 +89,28 @@ class Writer:
     @property
     def queued(self) -> int:
         raise NotImplementedError
+
+    @property
+    def checkpoints(self) -> int:
+        """WAL checkpoints the store ran (not SQLite's automatic ones)."""
+        return 0
+
+    @property
+    def truncations(self) -> int:
+        """Checkpoints that emptied the WAL file."""
+        return 0
+
+    def wal_bytes(self) -> int:
+        """The WAL file's size now (0 for a database without one)."""
+        return 0
+
+    async def checkpoint(self) -> None:
+        """Copies the whole WAL into the database file and truncates it.
+
+        Raises:
+            StoreError: readers kept the WAL in use for 10 s, or the
+                checkpoint failed.
+        """
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Runs `fn(conn)` in the writer's next transaction and returns its value
@@ -217,8 +245,9 @@ class TaskWriter(Writer):
     A batch of more than `_INLINE_BATCH` requests commits in a worker thread
     instead (the leader waits for it, and the callers queued meanwhile form
     the next batch), and so does any batch while the checkpointer truncates
-    the WAL: the event loop never holds still for a storm's commits, nor
-    waits on SQLite's write lock.
+    the WAL or is about to (the WAL went over its limit): the event loop
+    never holds still for a storm's commits, nor waits on SQLite's write
+    lock or on the truncation.
     """
 
     def __init__(self, conn: sqlite3.Connection, checkpointer: Checkpointer | None) -> None:
@@ -242,6 +271,21 @@ class TaskWriter(Writer):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def checkpoints(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.checkpoints
+
+    @property
+    def truncations(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.truncations
+
+    def wal_bytes(self) -> int:
+        return 0 if self._checkpointer is None else self._checkpointer.wal_bytes()
+
+    async def checkpoint(self) -> None:
+        if self._checkpointer is not None:  # else the database is in memory
+            await trio.to_thread.run_sync(self._checkpointer.truncate)
+
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._broken is not None:
             raise trio.BrokenResourceError("the store's writer failed") from self._broken
@@ -252,21 +296,32 @@ class TaskWriter(Writer):
         if not self._leading:
             self._leading = True
             self._idle = trio.Event()
+            await self._lead(req)  # cannot be cancelled: a taken request commits
+            return req.result()  # type: ignore[no-any-return]
+        try:
+            await req.done.wait()
+        except BaseException:
+            # Cancelled. `done` may have been set all the same, handing this
+            # caller the lead, between the cancel and this task running: then
+            # nobody else will commit, so withdraw the request and pass the
+            # lead on now, without waiting.
+            if not req.done.is_set() or req.leads:
+                req.abandoned = True
+            if req.leads:
+                self._hand_over()
+            raise
+        if req.leads:
             await self._lead(req)
-        else:
-            try:
-                await req.done.wait()
-            finally:
-                if not req.done.is_set():
-                    req.abandoned = True
-            if not req.finished:  # handed the lead
-                await self._lead(req)
         return req.result()  # type: ignore[no-any-return]
 
     async def _lead(self, mine: _Request) -> None:
         """Commits what is queued (`mine` first), then hands the lead to the
         next caller still waiting, if any: a leader serves one batch, so
-        that its own caller is never held up by a stream of others."""
+        that its own caller is never held up by a stream of others.
+
+        Its only awaits are shielded, so a leader always finishes its batch
+        and its hand-over, whatever happens to its caller.
+        """
         try:
             if self._busy or trio.current_time() - self._last_commit < _GROUPING_WINDOW:
                 # Writes are coming thick: let the tasks about to run add
@@ -278,7 +333,9 @@ class TaskWriter(Writer):
             assert batch[0] is mine
             self._busy = len(batch) > 1
             try:
-                if len(batch) <= _INLINE_BATCH and self._truncating.acquire(blocking=False):
+                due = self._checkpointer is not None and self._checkpointer.due
+                if (len(batch) <= _INLINE_BATCH and not due
+                        and self._truncating.acquire(blocking=False)):
                     try:
                         self._commit(batch)
                     finally:
@@ -300,7 +357,10 @@ class TaskWriter(Writer):
         self._hand_over()
 
     def _commit_locked(self, batch: list[_Request]) -> None:
-        """`_commit`, in a worker thread, once the checkpointer lets it."""
+        """`_commit`, in a worker thread, once the checkpointer lets it (a
+        truncation of the WAL due or under way is over)."""
+        if self._checkpointer is not None:
+            self._checkpointer.wait_truncated()
         with self._truncating:
             self._commit(batch)
 
@@ -309,7 +369,10 @@ class TaskWriter(Writer):
         while self._queue and self._queue[0].abandoned:
             self._queue.pop(0).finished = True  # its caller is gone
         if self._queue:
-            self._queue[0].done.set()  # leads, once it runs
+            # It leads once it runs, or, if it turns out to be cancelled,
+            # passes the lead on in turn (see `submit`).
+            self._queue[0].leads = True
+            self._queue[0].done.set()
         else:
             self._leading = False
             self._idle.set()
@@ -332,122 +395,28 @@ class TaskWriter(Writer):
             await trio.to_thread.run_sync(self._conn.close)
 
 
-def wal_checkpoint(conn: sqlite3.Connection, mode: str) -> bool:
-    """Runs `PRAGMA wal_checkpoint(mode)`; True if it could not finish (a
-    reader or the writer was in the way, or it failed): try again later."""
-    try:
-        busy: int = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-    except sqlite3.Error:
-        return True
-    return bool(busy)
-
-
-class Checkpointer:
-    """Copies the WAL into the database file from a connection and thread of
-    its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never blocks the writer):
-    every `_CHECKPOINT_EVERY` commits, and every second while there are any.
-
-    After a delete it also truncates the WAL, `_SHRED_DELAY` later, so that
-    a deleted session's pages leave it (crypto-shredding); and it truncates
-    a WAL file grown past `wal_limit` bytes (a burst of writes outpaces the
-    checkpoints) once a checkpoint has caught up. The writer's own connection
-    never truncates the WAL (``journal_size_limit = -1``): shortening a file
-    of hundreds of MB takes the kernel 100-250 ms, which in trio's thread
-    would stall the event loop.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, wal_path: str | None = None,
-                 wal_limit: int = 64 << 20) -> None:
-        self._conn = conn
-        self._wal_path = wal_path
-        self._wal_limit = wal_limit
-        # Held while a TRUNCATE checkpoint holds SQLite's write lock: the
-        # `TaskWriter` takes it around each commit, so that it waits for the
-        # truncation in a worker thread, never in trio's.
-        self.truncating = threading.Lock()
-        self.truncations = 0
-        self._cond = threading.Condition()
-        self._commits = 0
-        self._shred_at: float | None = None
-        self._stopped = False
-        self.checkpoints = 0
-        self._thread = threading.Thread(target=self._main, name="nexusd-store-checkpointer",
-                                        daemon=True)
-        self._thread.start()
-
-    def committed(self, *, deleted: bool) -> None:
-        """Called by the writer after each commit."""
-        # Counted without the lock: a count lost or doubled by a race with the
-        # thread's reset only moves one checkpoint a little.
-        self._commits += 1
-        if self._commits >= _CHECKPOINT_EVERY or (deleted and self._shred_at is None):
-            with self._cond:
-                if deleted and self._shred_at is None:
-                    self._shred_at = time.monotonic() + _SHRED_DELAY
-                self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    timeout = _CHECKPOINT_INTERVAL
-                    if self._shred_at is not None:
-                        timeout = min(timeout, max(0.0, self._shred_at - time.monotonic()))
-                    if not self._stopped and self._commits < _CHECKPOINT_EVERY:
-                        self._cond.wait(timeout)
-                    if self._stopped:
-                        return
-                    commits, self._commits = self._commits, 0
-                    shred = self._shred_at is not None and time.monotonic() >= self._shred_at
-                unfinished = False
-                if commits or shred:
-                    unfinished = self._checkpoint("PASSIVE")
-                if shred:
-                    busy = self._truncate()
-                    with self._cond:
-                        self._shred_at = time.monotonic() + _SHRED_DELAY if busy else None
-                elif not unfinished and self._wal_size() > self._wal_limit:
-                    self._truncate()
-        finally:
-            self._conn.close()
-
-    def _checkpoint(self, mode: str) -> bool:
-        """Runs one checkpoint; True if it could not finish."""
-        unfinished = wal_checkpoint(self._conn, mode)
-        self.checkpoints += 1
-        return unfinished
-
-    def _truncate(self) -> bool:
-        """Checkpoints and truncates the WAL; True if it could not finish."""
-        with self.truncating:
-            self.truncations += 1
-            return self._checkpoint("TRUNCATE")
-
-    def _wal_size(self) -> int:
-        if self._wal_path is None:
-            return 0
-        try:
-            return os.path.getsize(self._wal_path)
-        except OSError:
-            return 0
-
-
 _STOP: Final = object()
 
 
 class ThreadWriter(Writer):
     """Commits in a thread of its own: at durability "power" every commit
     fsyncs, and trio's thread must not wait for the disk. Takes everything
-    queued, commits, then wakes the callers in one trip to trio."""
+    queued, commits, then wakes the callers in one trip to trio.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    SQLite checkpoints the WAL by itself after commits (passively), in this
+    thread; once the WAL file `wal` is over `wal_limit` bytes anyway, this
+    writer truncates it between batches, waiting for readers still in it
+    `TRUNCATE_WAIT` at most (and if they were, committing as long before
+    trying again).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, wal: Path | None = None, *,
+                 wal_limit: int = 64 << 20) -> None:
         super().__init__(conn)
+        self._wal = wal
+        self._wal_limit = wal_limit
+        self._checkpoints = self._truncations = 0
+        self._retry_at = 0.0  # when to truncate the WAL again, after readers were in the way
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
@@ -462,6 +431,22 @@ class ThreadWriter(Writer):
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def checkpoints(self) -> int:
+        return self._checkpoints
+
+    @property
+    def truncations(self) -> int:
+        return self._truncations
+
+    def wal_bytes(self) -> int:
+        return wal_size(self._wal)
+
+    async def checkpoint(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            truncate_wal(lambda: self._checkpoint("TRUNCATE", wait=TRUNCATE_WAIT))
+        await self.submit("raw", run)
 
     async def submit(self, kind: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._broken is not None:
@@ -520,18 +505,31 @@ class ThreadWriter(Writer):
         self._serve(batch)
         if self._shred_at is not None and time.monotonic() >= self._shred_at:
             self._checkpoint_for_shredding()
+        elif time.monotonic() >= self._retry_at and self.wal_bytes() > self._wal_limit:
+            start = time.monotonic()
+            if self._checkpoint("TRUNCATE", wait=TRUNCATE_WAIT):
+                # Readers were in the way: commit as long before trying again.
+                self._retry_at = 2 * time.monotonic() - start
         return not stop
 
     def _committed(self, requests: list[_Request]) -> None:
         if self._shred_at is None and any(r.kind == "delete" for r in requests):
-            self._shred_at = time.monotonic() + _SHRED_DELAY
+            self._shred_at = time.monotonic() + _checkpoint.SHRED_DELAY
 
     def _checkpoint_for_shredding(self) -> None:
         # Deleted sessions' pages (their wrapped keys) linger in the WAL until
         # it is checkpointed and truncated. Readers are short, so this rarely
         # waits; if one blocks it, try again shortly.
-        unfinished = wal_checkpoint(self._conn, "TRUNCATE")
-        self._shred_at = time.monotonic() + _SHRED_DELAY if unfinished else None
+        unfinished = self._checkpoint("TRUNCATE")
+        self._shred_at = time.monotonic() + _checkpoint.SHRED_DELAY if unfinished else None
+
+    def _checkpoint(self, mode: str, *, wait: float | None = None) -> bool:
+        """Runs one checkpoint; True if it could not finish."""
+        unfinished = wal_checkpoint(self._conn, mode, wait=wait)
+        self._checkpoints += 1
+        if mode == "TRUNCATE" and not unfinished:
+            self._truncations += 1
+        return unfinished
 
     def _wake(self, batch: list[_Request]) -> None:
         def wake() -> None:

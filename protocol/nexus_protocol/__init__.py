@@ -52,11 +52,13 @@ from ._messages import Grant as Grant
 from ._messages import Granted as Granted
 from ._messages import Heartbeat as Heartbeat
 from ._messages import Hello as Hello
+from ._messages import Insights as Insights
 from ._messages import Invalidate as Invalidate
 from ._messages import Invalidated as Invalidated
 from ._messages import Kind as Kind
 from ._messages import Lagged as Lagged
 from ._messages import ListSessions as ListSessions
+from ._messages import MergeContext as MergeContext
 from ._messages import Message as Message
 from ._messages import Ok as Ok
 from ._messages import Patch as Patch
@@ -64,6 +66,7 @@ from ._messages import Ping as Ping
 from ._messages import Pong as Pong
 from ._messages import Presence as Presence
 from ._messages import Progress as Progress
+from ._messages import Recommend as Recommend
 from ._messages import Register as Register
 from ._messages import Registered as Registered
 from ._messages import Renew as Renew
@@ -90,6 +93,7 @@ from ._messages import SwitchBegin as SwitchBegin
 from ._messages import SwitchComplete as SwitchComplete
 from ._messages import Switched as Switched
 from ._messages import Sync as Sync
+from ._messages import Track as Track
 from ._messages import UpdateContext as UpdateContext
 from ._messages import Value as Value
 from ._messages import Welcome as Welcome

@@ -37,11 +37,13 @@ __all__ = [
     "Granted",
     "Heartbeat",
     "Hello",
+    "Insights",
     "Invalidate",
     "Invalidated",
     "Kind",
     "Lagged",
     "ListSessions",
+    "MergeContext",
     "Message",
     "Ok",
     "Patch",
@@ -49,6 +51,7 @@ __all__ = [
     "Pong",
     "Presence",
     "Progress",
+    "Recommend",
     "Register",
     "Registered",
     "Renew",
@@ -75,6 +78,7 @@ __all__ = [
     "SwitchComplete",
     "Switched",
     "Sync",
+    "Track",
     "UpdateContext",
     "Value",
     "Welcome",
@@ -354,6 +358,44 @@ class Sync(SessionRequest):
 class Summary(SessionRequest):
     """Analytics of one session: duration, events, channels, workflows."""
 
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("merge_context", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class MergeContext(SessionRequest):
+    """Merges free-form keys into the session context (nil removes a key)."""
+
+    values: dict[str, Any] = _field(Kind.MAP)
+    channel: str | None = _field(Kind.STR, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("track", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class Track(SessionRequest):
+    """Journals a custom analytics event of type `event_type` with `data`."""
+
+    event_type: str = _field(Kind.KEY)
+    data: Any = _field(Kind.VALUE, None)
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("insights", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class Insights(SessionRequest):
+    """The session's insights: rule-based findings, each saying what it saw."""
+
+    token: str | None = _field(Kind.STR, None)
+
+
+@_message("recommend", Role.REQUEST)
+@attrs.frozen(kw_only=True)
+class Recommend(SessionRequest):
+    """The channel recommended for `task_type` in the session, and why."""
+
+    task_type: str | None = _field(Kind.STR, None)
+    experience: str | None = _field(Kind.STR, None)
     token: str | None = _field(Kind.STR, None)
 
 

@@ -253,6 +253,17 @@ valid("run_complete", "A run finished with its outputs.",
 valid("run_fail", "A worker gives up a run and asks for another attempt.",
       {"t": "run_fail", "id": 44, "session_id": SID, "run_id": "run-77",
        "error": "database unreachable", "retry": True})
+valid("merge_context", "Sets two of the guide's free-form context keys and removes a third.",
+      {"t": "merge_context", "id": 45, "session_id": SID,
+       "values": {"workflow_state": {"step": 3, "of": 5}, "user_preferences": {"theme": "dark"},
+                  "draft": None}})
+valid("track", "Tracks the guide's workflow run: data-processor took 15.5 s.",
+      {"t": "track", "id": 46, "session_id": SID, "event_type": "workflow_executed",
+       "data": {"workflow_name": "data-processor", "execution_time": 15.5}})
+valid("insights", "The session's insights.", {"t": "insights", "id": 47, "session_id": SID})
+valid("recommend", "The channel for an expert's data analysis.",
+      {"t": "recommend", "id": 48, "session_id": SID, "task_type": "data_analysis",
+       "experience": "expert"})
 
 # -------------------------------------------------------------------- replies
 
@@ -426,6 +437,10 @@ invalid("eof_inside_prefix", "The stream ends after 2 bytes of a length prefix."
 invalid("non_map_body", "The body is an array, not a map.", framed(packb(["ping", 1])),
         "bad_request")
 invalid("nil_body", "The body is nil.", framed(b"\xc0"), "bad_request")
+invalid("track_empty_event_type",
+        "A track whose event_type is the empty string: an event type is a key, never empty.",
+        framed(packb({"t": "track", "id": 49, "session_id": SID, "event_type": ""})),
+        "bad_request", request_id=49)
 invalid("trailing_bytes", "A valid map followed, inside the same frame, by one more byte.",
         framed(PING + b"\xc0"), "bad_request")
 invalid("unknown_type", "No message has the tag 'frobnicate'; the id can be read.",

@@ -48,6 +48,7 @@ from nexus_protocol import (
     Invalidated,
     Lagged,
     ListSessions,
+    MergeContext,
     Message,
     Ok,
     Patch,
@@ -472,6 +473,17 @@ class FakeServer:
             for name in ("preferences", "history", "metrics"):
                 if getattr(req, name) is not None:
                     ctx[name] = getattr(req, name)
+            s.context = ctx
+            seq, fan = self._change(sc, s, "context", None, ctx)
+            return Written(id=req.id, seq=seq), [fan]
+        if isinstance(req, MergeContext):
+            s = self._session(sc, req.session_id, tok, "write")
+            ctx = dict(s.context)
+            for key, value in req.values.items():
+                if value is None:
+                    ctx.pop(key, None)
+                else:
+                    ctx[key] = value
             s.context = ctx
             seq, fan = self._change(sc, s, "context", None, ctx)
             return Written(id=req.id, seq=seq), [fan]

@@ -12,6 +12,8 @@ PUBLIC = {
     # trio client
     "AsyncClient", "open_client", "ClientStatistics", "Watch", "WatchStatistics", "Backoff",
     "Target", "default_target", "DEFAULT_CLIENT_NAME",
+    # the guide's best practices: retry with backoff, the optimal start channel
+    "retry", "retry_async", "RETRYABLE", "start_channel",
     # blocking facade
     "Nexus",
     # workers

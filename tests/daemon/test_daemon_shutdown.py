@@ -212,3 +212,18 @@ async def test_restart_on_the_default_store_keeps_writes_tokens_and_history(
             assert (await c.next_of(p.Change)).seq == 6
     # Each stop wrote the session's snapshot to the store without a hitch.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_status_reports_the_stores_wal(tmp_path: Path, socket_dir: Path) -> None:
+    config = make_config(tmp_path, socket_dir, durability="process")
+    path = config.socket
+    assert path is not None
+    async with run_daemon(config), connect_unix(path) as c:
+        created = await c.call(p.Create, ttl=600)
+        assert isinstance(created, p.Created)
+        report = await c.call(p.Stats)
+        assert isinstance(report, p.Report)
+        store = report.report["store"]
+        wal = tmp_path / "nexusd.db-wal"
+        assert store["wal_bytes"] == (wal.stat().st_size if wal.exists() else 0)
+        assert {"checkpoints", "wal_truncations", "commits"} <= set(store)

@@ -293,3 +293,13 @@ async def test_eager_writes_interleave_with_pongs_at_frame_boundaries(daemon: Da
         assert [c.value[0] for c in got] == list(range(40))
         assert all(c.value[1] == big for c in got)
         assert isinstance(await watcher.call(p.Ping), p.Pong)
+
+
+@pytest.mark.daemon_config(http="127.0.0.1:0")
+async def test_the_inspectors_origin_may_open_a_websocket(daemon: Daemon) -> None:
+    """The daemon's own HTTP origin, on the port it bound (here any free one)."""
+    assert daemon.ws_port and daemon.http_port
+    for name in ("127.0.0.1", "localhost", "[::1]"):
+        origin = f"http://{name}:{daemon.http_port}"
+        assert await _status(daemon.ws_port, origin=origin) == 101, origin
+    assert await _status(daemon.ws_port, origin=f"http://localhost:{daemon.http_port + 1}") == 403

@@ -14,10 +14,11 @@ from http_client import TIMEOUT, connect_events, http_client, open_events
 from raw_client import connect_unix
 
 from nexusd import Daemon
-from nexusd.http import BrowserGuard, HttpChannel, HttpSettings, Metrics
+from nexusd._origins import BrowserRules, listen_hosts
+from nexusd.http import HttpChannel, HttpSettings, Metrics
 
 HTTP = pytest.mark.daemon_config(http="127.0.0.1:0", http_max_body=4096,
-                                 http_origins="https://app.example")
+                                 allowed_origins="https://app.example")
 
 
 def error_of(r: httpx.Response, status: int, code: str) -> str:
@@ -253,7 +254,8 @@ def _app(reply: p.Message | None) -> HttpChannel:
         return {}
 
     return HttpChannel(_Service(reply), settings, Metrics(),  # type: ignore[arg-type]
-                       BrowserGuard("127.0.0.1"), figures, lambda client: None)
+                       BrowserRules(frozenset(), listen_hosts("127.0.0.1")),
+                       figures, lambda client: None)
 
 
 async def _put(channel: HttpChannel) -> httpx.Response:
@@ -281,3 +283,23 @@ async def test_busy_unavailable_and_internal_errors() -> None:
     r = await _put(draining)
     error_of(r, 503, "unavailable")
     assert r.headers["retry-after"] == "1"
+
+
+@pytest.mark.daemon_config(http="127.0.0.1:0", allowed_hosts="nexus.internal")
+async def test_one_pair_of_allow_lists_for_both_listeners(daemon: Daemon) -> None:
+    """--allowed-hosts names the hosts HTTP answers to as well, and the
+    daemon's own origin under that name may write."""
+    async with http_client(daemon) as client:
+        host = f"nexus.internal:{daemon.http_port}"
+        error_of(await client.post("/sessions"), 403, "forbidden")  # Host: 127.0.0.1:port
+        created = (await client.post("/sessions", headers={"Host": host})).json()
+        sid, auth = created["session_id"], {"Authorization": f"Bearer {created['token']}"}
+        error_of(await client.get(f"/sessions/{sid}", headers={**auth, "Host": "localhost"}),
+                 403, "forbidden")
+        r = await client.put(f"/sessions/{sid}/data/k", json=1,
+                             headers={**auth, "Host": host, "Origin": f"http://{host}"})
+        assert r.status_code == 200, r.text
+        error_of(await client.put(f"/sessions/{sid}/data/k", json=1,
+                                  headers={**auth, "Host": host,
+                                           "Origin": "http://nexus.internal:1"}),
+                 403, "forbidden")

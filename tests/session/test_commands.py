@@ -65,9 +65,10 @@ def test_a_read_replies_as_of_the_read_it_records() -> None:
 
 def test_each_row_declares_the_scope_its_request_needs() -> None:
     scopes = {cls: row.scope for cls, row in COMMANDS.items() if isinstance(row.scope, str)}
-    assert scopes[p.Get] == scopes[p.Sync] == scopes[p.Summary] == "read"
+    assert {scopes[c] for c in (p.Get, p.Sync, p.Summary, p.Insights, p.Recommend)} == {"read"}
     assert {scopes[c] for c in (p.Set, p.Delete, p.Patch, p.UpdateContext, p.SwitchBegin,
-                                p.SwitchComplete, p.Renew)} == {"write"}
+                                p.SwitchComplete, p.Renew, p.MergeContext, p.Track)
+            } == {"write"}
     assert scopes[p.Grant] == scopes[p.Invalidate] == "admin"
     assert COMMANDS[p.Detach].scope is None
     attach_scope = COMMANDS[p.Attach].scope
@@ -77,6 +78,6 @@ def test_each_row_declares_the_scope_its_request_needs() -> None:
         attach_scope(p.Attach(id=1, session_id="s", scope="admin"))
     writes = {cls for cls, row in COMMANDS.items() if row.write}
     assert writes == {p.Set, p.Delete, p.Patch, p.UpdateContext, p.SwitchBegin,
-                      p.SwitchComplete, p.Renew, RecordRun}
+                      p.SwitchComplete, p.Renew, p.MergeContext, p.Track, RecordRun}
     # A run's records and reads need what `run` needs.
     assert scopes[RecordRun] == scopes[ReadRuns] == "write"

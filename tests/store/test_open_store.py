@@ -41,6 +41,24 @@ async def test_process_and_power_are_sqlite_in_the_data_directory(
     assert (tmp_path / DB_FILE).exists()
 
 
+@pytest.mark.parametrize("durability", ["process", "power"])
+async def test_the_wal_limit_reaches_the_store(tmp_path: Path, durability: str) -> None:
+    # `--wal-limit` of 1 MiB: the store truncates the WAL within a few MiB of
+    # writes (at the default, 64 MiB, it would not).
+    store = await open_store(durability, tmp_path, wal_limit=1 << 20)
+    payload = bytes(range(256)) * 16
+    try:
+        await store.create(make_meta("s"), b"s0")
+        for seq in range(1, 1001):  # about 5 MiB of WAL
+            await store.append(make_meta("s"), events(seq, seq, body=lambda _: payload))
+            if store.statistics().wal_truncations:
+                break
+        assert store.statistics().wal_truncations >= 1
+        assert (tmp_path / f"{DB_FILE}-wal").stat().st_size < 2 << 20
+    finally:
+        await store.aclose()
+
+
 async def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
     # SQLite's in-memory database is no daemon setting.
     for durability in ("none", "fast"):

@@ -239,3 +239,10 @@ async def test_keys_only_where_a_key_ring_is_kept(store: Store,
         assert await keys.rewrap() == 0  # every data key is under the current one
     else:
         assert keys is None
+
+
+async def test_the_analytics_document_is_kept_whole_and_replaced(store: Store) -> None:
+    assert await store.load_analytics() is None
+    await store.save_analytics(b"first")
+    await store.save_analytics(b"second")
+    assert await store.load_analytics() == b"second"

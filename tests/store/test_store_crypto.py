@@ -16,7 +16,7 @@ import trio
 from store_helpers import events, files_bytes, make_meta, raw_db
 
 from nexusd._keys_cli import keys_list, keys_retire, keys_rotate
-from nexusd.store import SqliteStore, StoreError, _writer, open_sqlite_store
+from nexusd.store import SqliteStore, StoreError, _checkpoint, open_sqlite_store
 from nexusd.store._crypto import (
     ENV_VAR,
     KEY_FILE,
@@ -283,14 +283,14 @@ async def test_delete_shreds_the_data_key(sqlite_store: SqliteStore, tmp_path: P
 
 async def test_the_writer_checkpoints_soon_after_a_delete(
         sqlite_store: SqliteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_writer, "_SHRED_DELAY", 0.05)
+    monkeypatch.setattr(_checkpoint, "SHRED_DELAY", 0.05)
     await sqlite_store.create(make_meta("gone"), b"s0")
     wrapped = (await _secrets_of(tmp_path, "gone"))[0]
     wal = tmp_path / f"{DB_FILE}-wal"
     assert wrapped in wal.read_bytes()
 
     await sqlite_store.delete("gone")
-    with trio.fail_after(10):  # real time: the writer thread waits _SHRED_DELAY
+    with trio.fail_after(10):  # real time: the writer thread waits SHRED_DELAY
         while wal.stat().st_size:  # noqa: ASYNC110 - set by a thread, not a trio task
             await trio.sleep(0.01)
     assert sum(_found(tmp_path, [wrapped]).values()) == 0

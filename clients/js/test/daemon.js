@@ -21,7 +21,7 @@ export function startDaemon(t, ...args) {
   const dir = mkdtempSync(join(tmpdir(), "nexusd-js-"));
   const child = spawn(nexusdCommand(), [
     "serve", "--socket", join(dir, "n.sock"), "--ws", "127.0.0.1:0", "--data", join(dir, "data"),
-    "--durability", "memory", ...args,
+    "--durability", "memory", "--http", "127.0.0.1:0", ...args,
   ], { stdio: ["ignore", "pipe", "pipe"] });
   let log = "";
   const stop = async () => {

@@ -12,8 +12,14 @@ for the one ``nexus`` uses (`default_target`): ``$NEXUS_SOCKET``, else
 
 Behaviour worth knowing (details in the docstrings of `_core` and `_watch`):
 
-* Reconnects use exponential backoff with full jitter (`Backoff`). The first
+* Reconnects use exponential backoff with full jitter (`Backoff`); callers
+  retry their own calls with the same policy (`retry`, `retry_async`). Given
+  several endpoints, a client tries them in order at each (re)connection and
+  says which it uses (`AsyncClient.target`, `Nexus.endpoint`). The first
   connection is not retried: `CannotConnect` comes out of ``async with``.
+* An expired or invalidated session is continued as a new one carrying its
+  context and named keys from what the client last synced
+  (`continue_session`): the daemon keeps nothing of an ended session.
 * A request in flight when the connection drops raises `ConnectionLost` and is
   never re-sent (it may have been applied). Requests not yet written wait for
   the next connection; so do those a draining daemon (`shutdown`) answered
@@ -41,7 +47,11 @@ from nexus_protocol import Snapshot as Snapshot
 from ._async_client import DEFAULT_CLIENT_NAME as DEFAULT_CLIENT_NAME
 from ._async_client import AsyncClient as AsyncClient
 from ._async_client import open_client as open_client
+from ._async_client import start_channel as start_channel
+from ._backoff import RETRYABLE as RETRYABLE
 from ._backoff import Backoff as Backoff
+from ._backoff import retry as retry
+from ._backoff import retry_async as retry_async
 from ._blocking import Nexus as Nexus
 from ._core import ClientStatistics as ClientStatistics
 from ._credentials import CredentialStore as CredentialStore

@@ -7,9 +7,9 @@ delivery rules live in `_core` (see its docstring).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, overload
+from typing import Any, Final, overload
 
 import trio
 from nexus_protocol import (
@@ -22,13 +22,16 @@ from nexus_protocol import (
     Grant,
     Granted,
     Heartbeat,
+    Insights,
     Invalidate,
     ListSessions,
+    MergeContext,
     Ok,
     Patch,
     Ping,
     Pong,
     Progress,
+    Recommend,
     Register,
     Registered,
     Renew,
@@ -49,6 +52,7 @@ from nexus_protocol import (
     SwitchComplete,
     Switched,
     Sync,
+    Track,
     UpdateContext,
     Value,
     Written,
@@ -70,6 +74,22 @@ from ._watch import Watch
 __all__ = ["DEFAULT_CLIENT_NAME", "AsyncClient", "open_client"]
 
 
+#: Sessions whose last synced state a client keeps for `continue_session`.
+LAST_SYNCED: Final = 256
+#: Context keys the daemon keeps itself; a continued session gets its own.
+_DAEMON_KEYS: Final = frozenset({"current_channel", "updated_at"})
+
+
+def start_channel(task_type: str | None, experience_level: str | None = None) -> str:
+    """The guide's optimal starting channel for a task type and experience
+    level: cli for an expert's data analysis, mcp for AI interaction, else api."""
+    if task_type == "data_analysis" and experience_level == "expert":
+        return "cli"
+    if task_type == "ai_interaction":
+        return "mcp"
+    return "api"
+
+
 class AsyncClient(_ClientCore):
     """A trio client of a nexusd daemon. Use it as an async context manager::
 
@@ -83,7 +103,8 @@ class AsyncClient(_ClientCore):
     Args:
         target: a Unix socket path, a ``ws://`` or ``wss://`` URL, or None for
             the daemon ``nexus`` would use: $NEXUS_SOCKET, else $NEXUS_URL,
-            else its default socket (`default_target`).
+            else its default socket (`default_target`). A list of them is
+            tried in order at each (re)connection; `target` is the one in use.
         channel: the channel label this client declares (api, cli, mcp, ...);
             sessions record it in their history and analytics.
         client_name: how the client introduces itself (shown in presence).
@@ -103,7 +124,8 @@ class AsyncClient(_ClientCore):
 
 
     @classmethod
-    def connect(cls, target: str | Target | None = None, **kwargs: Any) -> AsyncClient:
+    def connect(cls, target: str | Target | Sequence[str | Target] | None = None,
+                **kwargs: Any) -> AsyncClient:
         """Same as the constructor: ``async with AsyncClient.connect(...) as c``."""
         return cls(target, **kwargs)
 
@@ -148,7 +170,7 @@ class AsyncClient(_ClientCore):
             state = await self._request(
                 lambda rid: Get(id=rid, session_id=session_id, token=tok), StateReply,
                 session_id=session_id)
-            return SessionState.from_reply(state)
+            return self._synced(SessionState.from_reply(state))
         value = await self._request(
             lambda rid: Get(id=rid, session_id=session_id, key=key, token=tok), Value,
             session_id=session_id)
@@ -250,7 +272,7 @@ class AsyncClient(_ClientCore):
         reply = await self._request(
             lambda rid: Sync(id=rid, session_id=session_id, channel=channel, token=tok),
             StateReply, session_id=session_id)
-        return SessionState.from_reply(reply)
+        return self._synced(SessionState.from_reply(reply))
 
     async def summary(self, session_id: str, *, token: str | None = None) -> dict[str, Any]:
         """The session's analytics: duration, events by kind, channels, transitions."""
@@ -369,6 +391,97 @@ class AsyncClient(_ClientCore):
                                 retry=retry), Written, session_id=session_id)
         return WriteResult.from_reply(reply)
 
+    async def merge_context(self, session_id: str, values: Mapping[str, Any], *,
+                            channel: str | None = None,
+                            token: str | None = None) -> WriteResult:
+        """Sets free-form context keys (None removes one); the others are kept.
+        The daemon bounds their number and size (`BadRequest` beyond)."""
+        tok = self._token(session_id, token)
+        given = dict(values)
+        reply = await self._request(
+            lambda rid: MergeContext(id=rid, session_id=session_id, values=given,
+                                     channel=channel, token=tok),
+            Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
+
+    async def track(self, session_id: str, event_type: str, data: Any = None, *,
+                    token: str | None = None) -> WriteResult:
+        """Journals a custom analytics event (the guide's `track_session_event`).
+
+        Raises:
+            BadRequest: `data` is larger than the daemon allows.
+            Busy: the session tracked as many events this minute as allowed.
+        """
+        tok = self._token(session_id, token)
+        reply = await self._request(
+            lambda rid: Track(id=rid, session_id=session_id, event_type=event_type, data=data,
+                              token=tok), Written, session_id=session_id)
+        return WriteResult.from_reply(reply)
+
+    async def insights(self, session_id: str, *,
+                       token: str | None = None) -> list[dict[str, Any]]:
+        """The session's insights: ``{"rule", "message", "figures"}`` each."""
+        tok = self._token(session_id, token)
+        reply = await self._request(
+            lambda rid: Insights(id=rid, session_id=session_id, token=tok), Report,
+            session_id=session_id)
+        return list(reply.report["insights"])
+
+    async def recommend(self, session_id: str, task_type: str | None = None, *,
+                        experience: str | None = None,
+                        token: str | None = None) -> dict[str, Any]:
+        """The channel recommended for `task_type` in the session:
+        ``{"channel", "rule", "reason", "default", "avoided", ...}``."""
+        tok = self._token(session_id, token)
+        reply = await self._request(
+            lambda rid: Recommend(id=rid, session_id=session_id, task_type=task_type,
+                                  experience=experience, token=tok), Report,
+            session_id=session_id)
+        return dict(reply.report)
+
+    # ------------------------------------------------- expired -> continue
+
+    def _synced(self, state: SessionState) -> SessionState:
+        cache = self._last_synced
+        cache[state.session_id] = state
+        cache.move_to_end(state.session_id)
+        while len(cache) > LAST_SYNCED:
+            cache.popitem(last=False)
+        return state
+
+    def last_synced(self, session_id: str) -> SessionState | None:
+        """The session's state as this client last read it (`get` of the whole
+        session, `sync`), or None; kept for the last LAST_SYNCED sessions."""
+        return self._last_synced.get(session_id)
+
+    async def continue_session(self, session_id: str, *, keys: Collection[str] = (),
+                               state: SessionState | None = None,
+                               channel: str | None = None, ttl: float | None = None,
+                               idle_timeout: float | None = None) -> SessionInfo:
+        """A new session carrying on an expired or invalidated one: its
+        context (but for what the daemon keeps itself) and the entries
+        `keys` names, taken from `state` or else from what this client last
+        synced of it. The daemon keeps nothing of an ended session, so the
+        carry-over is the client's copy: keys it never read are not carried.
+
+        Raises:
+            LookupError: no state of `session_id` given or synced here.
+        """
+        last = state if state is not None else self.last_synced(session_id)
+        if last is None:
+            raise LookupError(f"nothing of session {session_id} was synced by this client; "
+                              "sync it (or get it whole) while it lives to continue it later")
+        info = await self.create_session(
+            channel or last.context.get("current_channel") or None, ttl=ttl,
+            idle_timeout=idle_timeout, metadata={"continues": session_id})
+        carried = {k: v for k, v in last.context.items() if k not in _DAEMON_KEYS}
+        if carried:
+            await self.merge_context(info.session_id, carried)
+        values = {k: last.entries[k].value for k in keys if k in last.entries}
+        if values:
+            await self.patch(info.session_id, set=values)
+        return info
+
     async def stats(self) -> dict[str, Any]:
         """Admin: daemon health, counts and uptime."""
         reply = await self._request(lambda rid: Stats(id=rid), Report)
@@ -407,6 +520,7 @@ class AsyncClient(_ClientCore):
 
 
 
-def open_client(target: str | Target | None = None, **kwargs: Any) -> AsyncClient:
+def open_client(target: str | Target | Sequence[str | Target] | None = None,
+                **kwargs: Any) -> AsyncClient:
     """An `AsyncClient` to use with ``async with``; arguments as its constructor."""
     return AsyncClient(target, **kwargs)

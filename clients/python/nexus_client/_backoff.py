@@ -1,13 +1,24 @@
-"""How long to wait before reconnecting: exponential backoff with full jitter."""
+"""How long to wait before reconnecting, or before retrying a call:
+exponential backoff with full jitter (`Backoff`, `retry`, `retry_async`)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
 
 import attrs
+import trio
 
-__all__ = ["Backoff"]
+from ._errors import Busy, NexusError, Timeout, Unavailable
+
+__all__ = ["RETRYABLE", "Backoff", "retry", "retry_async"]
+
+_T = TypeVar("_T")
+
+#: Errors that say "try again later": nothing was applied.
+RETRYABLE: Final[tuple[type[NexusError], ...]] = (Busy, Unavailable, Timeout)
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -59,3 +70,43 @@ class Backoff:
     def gives_up_after(self, attempt: int) -> bool:
         """True when `attempt` (0-based) failed attempts exhaust the budget."""
         return self.max_attempts is not None and attempt >= self.max_attempts
+
+
+def retry(call: Callable[[], _T], backoff: Backoff | None = None, *,
+          retry_on: tuple[type[BaseException], ...] = RETRYABLE,
+          sleep: Callable[[float], object] = time.sleep) -> _T:
+    """``call()``, tried again after each `retry_on` error with `backoff`'s
+    delays (honouring the error's `retry_after`) until it succeeds or the
+    backoff gives up; then the last error is raised. The guide's "retry with
+    exponential backoff" for blocking callers (`Nexus`).
+
+    Only retry what is safe to repeat: `Busy`, `Unavailable` and `Timeout`
+    mean the daemon did not apply the request, except that a `Timeout` may
+    have been applied once it was sent.
+    """
+    policy = backoff or Backoff(max_attempts=3)
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except retry_on as exc:
+            if policy.gives_up_after(attempt + 1):
+                raise
+            sleep(policy.delay(attempt, getattr(exc, "retry_after", None)))
+            attempt += 1
+
+
+async def retry_async(call: Callable[[], Awaitable[_T]], backoff: Backoff | None = None, *,
+                      retry_on: tuple[type[BaseException], ...] = RETRYABLE) -> _T:
+    """`retry` for trio callers (`AsyncClient`): ``await call()``, with
+    ``trio.sleep`` between attempts."""
+    policy = backoff or Backoff(max_attempts=3)
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except retry_on as exc:
+            if policy.gives_up_after(attempt + 1):
+                raise
+            await trio.sleep(policy.delay(attempt, getattr(exc, "retry_after", None)))
+            attempt += 1

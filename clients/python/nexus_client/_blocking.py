@@ -12,7 +12,7 @@ import contextlib
 import os
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,9 +20,10 @@ import attrs
 import trio
 from nexus_protocol import Expired, Invalidated, Message
 
-from ._async_client import DEFAULT_CLIENT_NAME, AsyncClient
+from ._async_client import DEFAULT_CLIENT_NAME, AsyncClient, start_channel
 from ._backoff import Backoff
 from ._credentials import CredentialStore
+from ._errors import SessionExpired, SessionNotFound
 from ._transport import Target
 from ._types import Entry, SessionState
 from ._worker import Worker
@@ -56,7 +57,8 @@ class Nexus:
     Args:
         target: Unix socket path, ``ws://``/``wss://`` URL, or None for the
             daemon ``nexus`` would use: $NEXUS_SOCKET, else $NEXUS_URL, else
-            its default socket (`default_target`).
+            its default socket (`default_target`); or a list of them, tried in
+            order at each (re)connection (`endpoint` says which is in use).
         channel: the channel label of this client (default "api").
         tokens: session id -> token for sessions created elsewhere.
         credentials: where to look up tokens of sessions this object did not
@@ -73,7 +75,8 @@ class Nexus:
         CannotConnect: the daemon is not reachable.
     """
 
-    def __init__(self, target: str | Target | None = None, *, channel: str = "api",
+    def __init__(self, target: str | Target | Sequence[str | Target] | None = None, *,
+                 channel: str = "api",
                  client_name: str = DEFAULT_CLIENT_NAME,
                  tokens: Mapping[str, str] | None = None,
                  credentials: CredentialStore | str | os.PathLike[str] | bool = True,
@@ -237,23 +240,32 @@ class Nexus:
 
     def update_session_context(self, session_id: str, channel: str,
                                context: Mapping[str, Any]) -> int:
-        """Updates the context from `channel`: `context` may hold
-        ``preferences``, ``history`` and ``metrics`` (or the guide's stored
-        names ``user_preferences``, ``workflow_history``,
-        ``performance_metrics``); parts not given are kept. Returns the seq.
+        """Updates the context from `channel`: ``preferences``, ``history`` and
+        ``metrics`` (or the guide's stored names ``user_preferences``,
+        ``workflow_history``, ``performance_metrics``) replace those parts;
+        any other key is a free-form context key (None removes it), within
+        the daemon's bounds on their number and size. Parts not given are
+        kept. Returns the seq.
 
         Raises:
-            ValueError: `context` holds another key.
+            BadRequest: over the daemon's bounds, or a key the daemon keeps
+                itself (``current_channel``, ``updated_at``).
         """
+        self._need_token(session_id)
         parts: dict[str, Any] = {}
+        free: dict[str, Any] = {}
         for name, value in context.items():
             field = _CONTEXT_KEYS.get(name)
             if field is None:
-                raise ValueError(f"unknown context key {name!r}; use preferences, history "
-                                 "or metrics")
-            parts[field] = value
-        self._need_token(session_id)
-        result = self._call(self._client.update_context, session_id, channel=channel, **parts)
+                free[name] = value
+            else:
+                parts[field] = value
+        if free:
+            result = self._call(self._client.merge_context, session_id, {**parts, **free},
+                                channel=channel)
+        else:
+            result = self._call(self._client.update_context, session_id, channel=channel,
+                                **parts)
         return result.seq
 
     def initiate_channel_switch(self, session_id: str, from_channel: str | None,
@@ -295,6 +307,123 @@ class Nexus:
         """The session's analytics summary."""
         self._need_token(session_id)
         return self._call(self._client.summary, session_id)
+
+    # ------------------------------------------ the guide's analytics API
+
+    def track_session_event(self, session_id: str, event_type: str,
+                            event_data: Any = None) -> int:
+        """Journals a custom event; returns its seq. ``workflow_executed``
+        (``workflow_name``, ``execution_time``) counts as a workflow run and
+        ``channel_switch`` (``to_channel``) as a switch, as in the guide.
+
+        Raises:
+            BadRequest: the data is over the daemon's size bound.
+            Busy: the session's tracking rate is spent (`retry_after` says when).
+        """
+        self._need_token(session_id)
+        return self._call(self._client.track, session_id, event_type, event_data).seq
+
+    def get_channel_analytics(self) -> dict[str, Any]:
+        """Admin: the guide's channel analytics across every session:
+        ``total_channel_switches``, ``channel_distribution``, ``most_popular_channel``."""
+        report = self.get_analytics()
+        return {k: report[k] for k in ("total_channel_switches", "channel_distribution",
+                                       "most_popular_channel")}
+
+    def get_performance_analytics(self) -> dict[str, Any]:
+        """Admin: workflow runs by name across every session (count, success
+        rate, mean, min, p50, p95, max, total, trend)."""
+        return dict(self.get_analytics()["performance"])
+
+    def get_transition_analytics(self, session_id: str | None = None) -> dict[str, Any]:
+        """Channel switches by from -> to pair (count, successes, mean
+        duration): the session's, or across every session (admin) when None."""
+        if session_id is None:
+            return dict(self.get_analytics()["transition_analytics"])
+        return dict(self.get_session_summary(session_id)["transition_analytics"])
+
+    def generate_insights(self, session_id: str | None = None) -> list[str]:
+        """The insights, as sentences that say what was seen: the session's,
+        or daemon-wide (admin) when None. `insights` gives the rules and figures."""
+        return [i["message"] for i in self.insights(session_id)]
+
+    def insights(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The insights as ``{"rule", "message", "figures"}``."""
+        if session_id is None:
+            return list(self.get_analytics()["insights"])
+        self._need_token(session_id)
+        return self._call(self._client.insights, session_id)
+
+    def get_recommended_channel(self, session_id: str, task_type: str = "general",
+                                experience_level: str | None = None) -> str:
+        """The channel to use for `task_type` in the session (see `recommend`)."""
+        return str(self.recommend(session_id, task_type, experience_level)["channel"])
+
+    def recommend(self, session_id: str, task_type: str = "general",
+                  experience_level: str | None = None) -> dict[str, Any]:
+        """The recommended channel with the rule that chose it and why."""
+        self._need_token(session_id)
+        return self._call(self._client.recommend, session_id, task_type,
+                          experience=experience_level)
+
+    def validate_session(self, session_id: str) -> bool:
+        """True if the session exists and has not expired (a read: it counts
+        as activity); False if it is gone.
+
+        Raises:
+            Unauthorized: no token for it is held (or the token is refused).
+        """
+        self._need_token(session_id)
+        try:
+            self._call(self._client.summary, session_id)
+        except (SessionNotFound, SessionExpired):
+            return False
+        return True
+
+    def cleanup_expired_sessions(self) -> int:
+        """The daemon expires sessions itself (its reaper, at each deadline),
+        so nothing is deleted here: this forgets what the client holds of
+        sessions past their expiry (tokens in the credentials file; states
+        kept for `continue_session` stay, so an expired session can still be
+        continued). Returns how many it forgot."""
+        if self._store is None:
+            return 0
+        return self._store.prune()
+
+    def create_optimal_session(self, user_context: Mapping[str, Any]) -> str:
+        """Creates a session on the guide's optimal starting channel for
+        ``task_type`` and ``experience_level`` (cli for an expert's
+        data_analysis, mcp for ai_interaction, else api), for ``user_id``;
+        the rest of `user_context` is kept as the session's metadata."""
+        channel = start_channel(user_context.get("task_type", "general"),
+                                user_context.get("experience_level", "intermediate"))
+        user_id = user_context.get("user_id")
+        metadata = {k: v for k, v in user_context.items() if k != "user_id"}
+        return self.create_session(channel, user_id=user_id if isinstance(user_id, str)
+                                   else None, metadata=metadata)
+
+    def continue_session(self, session_id: str, keys: Collection[str] = (), *,
+                         channel: str | None = None) -> str:
+        """A new session carrying on an expired or invalidated one: its
+        context and the entries `keys` names, from what this client last
+        synced of it (`sync_session`, `get_session_data` of the whole
+        session). Returns the new session's id.
+
+        Raises:
+            LookupError: this client never synced that session.
+        """
+        info = self._call(self._client.continue_session, session_id, keys=keys,
+                          channel=channel)
+        if self._save:
+            assert self._store is not None
+            self._store.put(info.session_id, info.token, expires_at=info.expires_at,
+                            channel=channel, target=str(self._client.target))
+        return info.session_id
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint in use (or last tried), among those given."""
+        return str(self._client.target)
 
     def get_analytics(self) -> dict[str, Any]:
         """Admin: channel usage and workflow performance across sessions."""

@@ -284,6 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("session_id", metavar="ID")
     json_flag(p)
 
+    p = command(commands, "insights", _commands.cmd_insights,
+                "what the daemon's rules see in a session (or across sessions: admin)")
+    p.add_argument("session_id", metavar="ID", nargs="?")
+    json_flag(p)
+
+    p = command(commands, "recommend", _commands.cmd_recommend,
+                "the channel to use for a task in a session, and why")
+    p.add_argument("session_id", metavar="ID")
+    p.add_argument("--task", required=True, metavar="TYPE",
+                   help="task type: data_analysis, ai_interaction, general, ...")
+    p.add_argument("--experience", metavar="LEVEL", help="e.g. expert")
+    json_flag(p)
+
+    p = command(commands, "track", _commands.cmd_track,
+                "journal a custom analytics event in a session")
+    p.add_argument("session_id", metavar="ID")
+    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("data", metavar="JSON", type=_json_of(dict),
+                   help='the event\'s data, a JSON object, e.g. \'{"workflow_name": "etl", '
+                        '"execution_time": 12.5}\'')
+    json_flag(p)
+
     p = command(commands, "sessions", _commands.cmd_sessions, "list sessions (admin)")
     _sessions_args(p)
 
@@ -292,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(p)
 
     p = command(commands, "analytics", _commands.cmd_analytics,
-                "channel and workflow analytics (admin)")
+                "channel and workflow analytics (admin); on a terminal, a chart of "
+                "the channel distribution")
+    p.add_argument("--chart", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the channel chart (default: on a terminal)")
     json_flag(p)
 
     p = command(commands, "ping", _commands.cmd_ping, "check that the daemon answers")
@@ -389,6 +414,7 @@ def describe_error(exc: BaseException, session_id: str | None = None) -> str:
 def _hint(exc: NexusError, ctx: Context) -> str | None:
     a = ctx.args
     admin_command = a.command in ("status", "sessions", "analytics") or (
+        a.command == "insights" and not a.session_id) or (
         a.command == "session" and a.session_command == "list")
     if isinstance(exc, Forbidden) and admin_command:
         return ("admin only: run as the daemon's user over its Unix socket, "

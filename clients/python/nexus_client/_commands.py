@@ -23,6 +23,7 @@ from ._credentials import CredentialStore
 from ._errors import SessionNotFound
 from ._exit_codes import ExitCode
 from ._render import (
+    channel_chart,
     event_to_json,
     format_duration,
     format_event,
@@ -280,7 +281,52 @@ async def cmd_status(client: AsyncClient, ctx: Context) -> int:
 
 
 async def cmd_analytics(client: AsyncClient, ctx: Context) -> int:
-    _print_report(ctx, await client.analytics())
+    report = await client.analytics()
+    chart = ctx.args.chart
+    if chart is None:
+        chart = not ctx.args.json and ctx.out.isatty()
+    if chart:
+        for line in channel_chart(report.get("channel_distribution") or {}):
+            ctx.print(line)
+        ctx.print()
+    _print_report(ctx, report)
+    return ExitCode.OK
+
+
+async def cmd_insights(client: AsyncClient, ctx: Context) -> int:
+    sid = ctx.args.session_id
+    if sid is None:
+        found = (await client.analytics())["insights"]
+    else:
+        found = await client.insights(ctx.use_session(client, sid))
+    if ctx.args.json:
+        ctx.print(to_json(found, indent=2))
+    elif not found:
+        ctx.print("no insights: nothing over a threshold")
+    for insight in [] if ctx.args.json else found:
+        ctx.print(f"- {insight['message']}  [{insight['rule']}]")
+    return ExitCode.OK
+
+
+async def cmd_recommend(client: AsyncClient, ctx: Context) -> int:
+    a = ctx.args
+    sid = ctx.use_session(client, a.session_id)
+    pick = await client.recommend(sid, a.task, experience=a.experience)
+    if a.json:
+        ctx.print(to_json(pick, indent=2))
+    else:
+        ctx.print(f"{pick['channel']}: {pick['reason']} [{pick['rule']}]")
+    return ExitCode.OK
+
+
+async def cmd_track(client: AsyncClient, ctx: Context) -> int:
+    a = ctx.args
+    sid = ctx.use_session(client, a.session_id)
+    result = await client.track(sid, a.event_type, a.data)
+    if a.json:
+        ctx.print(to_json({"session_id": sid, "seq": result.seq}))
+    else:
+        ctx.print(f"tracked {a.event_type} in {sid} (seq {result.seq})")
     return ExitCode.OK
 
 

@@ -30,8 +30,9 @@ Delivery rules (the contract tests rely on):
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
@@ -73,6 +74,7 @@ from ._errors import (
 )
 from ._link import _Link, _Pending, _Subscriber
 from ._transport import Target, Transport, open_transport
+from ._types import SessionState
 
 __all__ = ["DEFAULT_CLIENT_NAME", "ClientStatistics"]
 
@@ -135,7 +137,8 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
     """Connection, reconnects and request/reply matching; see `AsyncClient`
     for the arguments."""
 
-    def __init__(self, target: str | Target | None = None, *, channel: str = "api",
+    def __init__(self, target: str | Target | Sequence[str | Target] | None = None, *,
+                 channel: str = "api",
                  client_name: str = DEFAULT_CLIENT_NAME,
                  tokens: Mapping[str, str] | None = None, admin_key: str | None = None,
                  reconnect: bool | Backoff = True, ssl_context: ssl.SSLContext | None = None,
@@ -143,7 +146,14 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
                  watch_buffer: int = 256, limits: Limits = DEFAULT_LIMITS) -> None:
         if watch_buffer < 1:
             raise ValueError("watch_buffer must be at least 1")
-        self.target = Target.parse(target)
+        if isinstance(target, (list, tuple)):
+            if not target:
+                raise ValueError("no endpoint given")
+            self.endpoints = tuple(Target.parse(t) for t in target)
+        else:
+            self.endpoints = (Target.parse(target),)  # type: ignore[arg-type]
+        # The endpoint in use (or last tried): the first that answers, in order.
+        self.target = self.endpoints[0]
         self.channel = channel
         self.client_name = client_name
         self._tokens: dict[str, str] = dict(tokens or {})
@@ -174,6 +184,8 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
         self._connects = 0
         self._reconnect_attempts = 0
         self._welcome: Welcome | None = None
+        # session id -> its state as last read whole (for `continue_session`).
+        self._last_synced: OrderedDict[str, SessionState] = OrderedDict()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -425,10 +437,7 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
         last: NexusError | None = None
         while True:
             try:
-                async with open_transport(self.target, ssl_context=self._ssl_context,
-                                          connect_timeout=self._connect_timeout,
-                                          max_message_size=_MAX_FRAME_CAP) as transport:
-                    link = await self._handshake(transport)
+                async with self._open_first() as link:
                     self._install(link)
                     if not started:
                         started = True
@@ -462,6 +471,38 @@ class _ClientCore(AbstractAsyncContextManager["_ClientCore"]):
                 return
             await trio.sleep(backoff.delay(failures, retry_after))
             self._reconnect_attempts += 1
+
+    @asynccontextmanager
+    async def _open_first(self) -> AsyncIterator[_Link]:
+        """A connection to the first endpoint, in order, that connects and
+        answers the handshake; `target` says which.
+
+        Raises:
+            CannotConnect: none did (the last endpoint's error, naming them all).
+        """
+        failed: list[CannotConnect] = []
+        for target in self.endpoints:
+            self.target = target
+            stack = AsyncExitStack()
+            try:
+                transport = await stack.enter_async_context(open_transport(
+                    target, ssl_context=self._ssl_context,
+                    connect_timeout=self._connect_timeout, max_message_size=_MAX_FRAME_CAP))
+                link = await self._handshake(transport)
+            except CannotConnect as exc:
+                await stack.aclose()
+                failed.append(exc)
+                continue
+            except BaseException:
+                await stack.aclose()
+                raise
+            async with stack:
+                yield link
+            return
+        self.target = self.endpoints[0]
+        if len(failed) == 1:
+            raise failed[0]
+        raise CannotConnect("no endpoint answered: " + "; ".join(e.message for e in failed))
 
     async def _handshake(self, transport: Transport) -> _Link:
         conn = Connection(Side.CLIENT, framing=transport.framing, limits=self._limits)

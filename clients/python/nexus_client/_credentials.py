@@ -99,6 +99,15 @@ class CredentialStore:
                 self._write(self._prune(sessions))
             return found
 
+    def prune(self) -> int:
+        """Forgets every session past its expiry; returns how many."""
+        with self._locked():
+            sessions = self._load()
+            kept = self._prune(sessions)
+            if len(kept) != len(sessions):
+                self._write(kept)
+            return len(sessions) - len(kept)
+
     @staticmethod
     def _prune(sessions: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         now = time.time()

@@ -29,6 +29,7 @@ from nexus_protocol import (
 from ._types import SessionState
 
 __all__ = [
+    "channel_chart",
     "format_duration",
     "format_event",
     "format_report",
@@ -248,4 +249,21 @@ def format_state(state: SessionState, now: float) -> list[str]:
         if e.updated_at is not None:
             meta += f", {format_time(e.updated_at)}"
         lines.append(f"  {key} = {_short(e.value)}  ({meta})")
+    return lines
+
+
+def channel_chart(distribution: Mapping[str, Mapping[str, Any]], width: int = 30) -> list[str]:
+    """A text bar chart of the `analytics` channel distribution
+    (``{channel: {"count", "percentage"}}``), most used first."""
+    if not distribution:
+        return ["channel distribution: no channel switches yet"]
+    rows = sorted(distribution.items(), key=lambda kv: (-kv[1]["count"], kv[0]))
+    total = sum(v["count"] for _, v in rows)
+    most = rows[0][1]["count"]
+    name_width = max(len(c) for c, _ in rows)
+    lines = [f"channel distribution ({total} switches)"]
+    for channel, v in rows:
+        bar = "#" * max(1, round(width * v["count"] / most))
+        lines.append(f"  {channel:<{name_width}}  {bar:<{width}}  {v['count']:>5}  "
+                     f"{v['percentage']:5.1f}%")
     return lines
