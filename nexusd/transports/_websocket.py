@@ -25,6 +25,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -443,13 +444,13 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
 
     async def connection(stream: trio.abc.Stream) -> None:
         peer, remote = _ws_peer(stream)
-        if not limits.admit_connection(remote):
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+        async def refuse() -> None:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 ws = WSConnection(ConnectionType.SERVER)
                 if await _read_request(stream, ws) is not None:
                     await _refuse(stream, ws, 503, "the daemon has as many connections as it may")
-            return
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
         async def run() -> None:
             transport = None
@@ -458,6 +459,11 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
             if transport is not None:
                 await handler(transport)
 
+        # A refused client is read and answered too, and may reset (or fail
+        # its TLS handshake) meanwhile: that runs alone as well.
+        if not limits.admit_connection(remote):
+            await run_alone(peer, refuse)
+            return
         try:
             await run_alone(peer, run)
         finally:
@@ -466,8 +472,8 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
     task_status.started(_tcp_socket(listeners[0]).getsockname()[1])
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(accept_loop, listener, _tcp_socket(listener), connection,
-                               handler_nursery)
+            nursery.start_soon(partial(accept_loop, listener, _tcp_socket(listener),
+                                       connection, handler_nursery, name="ws"))
 
 
 def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:
