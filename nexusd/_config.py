@@ -14,7 +14,8 @@ from nexus_protocol import DEFAULT_WS_HOST, DEFAULT_WS_PORT, default_socket_path
 
 from .store import DURABILITIES
 
-__all__ = ["Config", "ConfigError", "default_config_path", "load_config", "parse_duration"]
+__all__ = ["DURATIONS", "FIELDS", "Config", "ConfigError", "default_config_path", "load_config",
+           "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -86,7 +87,8 @@ class Config:
         metadata={"help": "data directory (store, keys, admin key)"})
     durability: str = attrs.field(
         default="process",
-        metadata={"help": "when a write is acknowledged: process (in the OS: survives "
+        metadata={"choices": DURABILITIES,
+                  "help": "when a write is acknowledged: process (in the OS: survives "
                           "kill -9 of the daemon), power (fsync'd: survives power loss), "
                           "memory (nothing on disk)"})
     admin_key: str | None = attrs.field(
@@ -153,7 +155,8 @@ class Config:
                           "(default: DATA/create.key, made when first needed)"})
     require_create_key: str = attrs.field(
         default="auto",
-        metadata={"help": "network clients need the create key to create sessions: auto "
+        metadata={"choices": ("auto", "always", "never"),
+                  "help": "network clients need the create key to create sessions: auto "
                           "(when a listener binds a non-loopback address), always, never"})
     create_rate: float = attrs.field(
         default=10.0, converter=float,
@@ -274,7 +277,8 @@ class Config:
         metadata={"help": "WAL file size, bytes, past which the store empties the WAL even "
                           "if commits wait a moment for readers to finish"})
     log_level: str = attrs.field(default="info",
-                                 metadata={"help": "debug, info, warning or error"})
+                                 metadata={"choices": ("debug", "info", "warning", "error"),
+                                           "help": "how much the daemon logs"})
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_frame", "max_key", "max_depth", "max_patch", "max_keys",
@@ -333,6 +337,9 @@ def ws_address(text: str, name: str = "ws") -> tuple[str, int]:
 
 
 FIELDS = {f.name: f for f in attrs.fields(Config)}
+#: The settings that are durations (shown with a unit).
+DURATIONS = frozenset(name for name, f in FIELDS.items()
+                      if cast(Any, f.converter) in (_duration, _optional_duration))
 _NUMBERS = {name for name, f in FIELDS.items() if cast(Any, f.converter) is float}
 
 

@@ -120,6 +120,28 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
     # The help says which defaults apply, and a setting is never shown empty.
     assert "(default: 1048576)" in serve.stdout
     assert "NEXUSD_" in serve.stdout
+    lines = {line.split()[0]: line for line in serve.stdout.splitlines()
+             if line.startswith("  --")}
+    # Only durations carry a unit; a rate is a number.
+    assert "(default: 10)" in _help_of(serve.stdout, "--create-rate")
+    assert "(default: 60s)" in _help_of(serve.stdout, "--hibernate-after")
+    assert "(default: 24h)" in _help_of(serve.stdout, "--default-ttl")
+    # A setting with a few values names them in its placeholder.
+    assert "--require-create-key auto|always|never" in lines["--require-create-key"]
+    assert "--durability process|power|memory" in lines["--durability"]
+    # A default the help describes is not contradicted by another.
+    hosts = _help_of(serve.stdout, "--allowed-hosts")
+    assert "default: the address each listener listens on" in hosts
+    assert hosts.count("default:") == 1, hosts
+
+
+def _help_of(text: str, flag: str) -> str:
+    """The help of `flag` in argparse's output, its lines joined."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {flag} "))
+    end = next(i for i in range(start + 1, len(lines))
+               if not lines[i].startswith(" " * 5) or lines[i].startswith("  --"))
+    return " ".join(line.strip() for line in lines[start:end])
 
 
 def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
