@@ -15,6 +15,7 @@ The listener keeps each connection's socket by the client's address, and
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -96,9 +97,11 @@ class HttpListener:
         try:
             listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
-            if exc.errno == 98:  # EADDRINUSE
-                raise OSError(exc.errno, in_use(f"{bracket(host)}:{port}")) from None
-            raise
+            address = f"{bracket(host)}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, in_use(address)) from None
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
+                          ) from None
         self.port = listeners[0].socket.getsockname()[1]
         app: Any = make_app(self.port)
         self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")

@@ -229,6 +229,17 @@ def test_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
         f"nexusd: error: address 127.0.0.1:{port} is in use (another nexusd?)")
 
 
+@pytest.mark.parametrize("flag", ["--ws", "--http"])
+def test_an_address_not_on_this_machine_is_one_error_line_naming_it(tmp_path: Path,
+                                                                    flag: str) -> None:
+    # 192.0.2.1 (TEST-NET-1) is nobody's address: binding it fails.
+    others = {"--ws": "off", "--http": "off"}
+    others[flag] = "192.0.2.1:80"
+    result = _serve_error(tmp_path, "--socket", "off", "--ws", others["--ws"],
+                          "--http", others["--http"])
+    assert _error_line(result).startswith("nexusd: error: cannot listen on 192.0.2.1:80: ")
+
+
 async def test_a_socket_a_live_daemon_serves_is_one_error_line(daemon: Daemon,
                                                                tmp_path: Path) -> None:
     assert daemon.socket_path is not None
