@@ -243,6 +243,17 @@ class Config:
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
     http_max_body: int = attrs.field(
         default=1 << 20, metadata={"help": "largest HTTP request body, bytes"})
+    http_keep_alive: float = attrs.field(
+        default=5.0, converter=_duration,
+        metadata={"help": "close an idle HTTP connection after this long, and one that has "
+                          "not sent its first request's head within it"})
+    max_request_head: int = attrs.field(
+        default=16 * 1024,
+        metadata={"help": "largest HTTP request head, and WebSocket upgrade request "
+                          "(request line and headers), bytes"})
+    max_page: int = attrs.field(
+        default=1000,
+        metadata={"help": "most sessions one page of the session list holds (admin)"})
     sse_heartbeat: float = attrs.field(
         default=15.0, converter=_duration,
         metadata={"help": "an HTTP event stream sends a comment after this long without "
@@ -286,7 +297,8 @@ class Config:
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
-                     "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
+                     "http_max_body", "max_request_head", "max_page", "sse_queue",
+                     "sse_queue_bytes", "run_attempts",
                      "run_max_inputs", "wal_limit", "max_track", "track_rate",
                      "max_context_keys"):
             if getattr(self, name) < 1:
@@ -314,6 +326,8 @@ class Config:
             ws_address(self.ws)
         if self.http is not None:
             ws_address(self.http, "http")
+        if self.http_keep_alive <= 0:
+            raise ConfigError("http_keep_alive must be positive")
         if self.sse_heartbeat <= 0:
             raise ConfigError("sse_heartbeat must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
