@@ -32,7 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexusd",
         description="nexusd: real-time session sync daemon. Clients reach it over a Unix "
-                    "socket and WebSocket, each on a channel it names (api, cli, web, mcp "
+                    "socket, WebSocket and HTTP, each on a channel it names (api, cli, web, mcp "
                     "or any label) that the session records; every change is journaled, "
                     "then seen by every client attached to the session, in order.",
     )
