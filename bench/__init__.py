@@ -67,6 +67,15 @@ HTTP
     platform publishes for its HTTP workflow execute round trip (quoted, not
     measured here).
 
+Workflows
+    Runs through one worker process (nexus_client's `Worker`) at the daemon's
+    default durability (`bench._workflows`): dispatch latency (the run sent ->
+    the worker's function starting), progress latency (a worker's report sent
+    -> the requester's `progress` event), the execute round trip of a run of
+    no steps over the Unix socket and over HTTP (``POST .../execute``) beside
+    the Kailash Nexus figure above (quoted), and runs/s with 1 and 16 runs in
+    flight.
+
 ``--quick`` runs a subset with fewer samples in under a minute, and says so.
 Results: a table on stdout, ``bench/results/latest.json`` (and a timestamped
 copy), ``bench/results/latency.png`` and ``bench/results/performance.md``.

@@ -30,8 +30,9 @@ import attrs
 from ._procs import BenchError, Processes, nexus_stats, redis_persistence
 from ._report import aims, loadavg, machine, markdown, plot, table, write_json
 from ._scenarios import Plan, Scenarios
+from ._workflows import workflows
 
-PHASES = ("throughput", "fanout", "latency", "http", "memory")
+PHASES = ("throughput", "fanout", "latency", "http", "workflows", "memory")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -54,7 +55,8 @@ def _quick_note(plan: Plan) -> str:
             f"{', '.join(f'{n:,}' for n in full.sessions)}), no Redis-over-TCP rows, "
             f"{plan.dormant:,} dormant sessions (full: {full.dormant:,}), "
             f"{plan.mem_connections:,} idle connections (full: {full.mem_connections:,}), "
-            f"one throughput round of {plan.tp_measure_s:g}s. Tails (p99.9) from so few "
+            f"one throughput round of {plan.tp_measure_s:g}s, 200 workflow runs per "
+            "latency row (full: 1,000) and 2s runs/s windows (full: 5s). Tails (p99.9) from so few "
             "samples are indicative only.")
 
 
@@ -129,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
             results["http"] = scen.http(nexusd, floor)
             _stop_servers(procs)
             seconds["http"] = time.monotonic() - phase_t0
+        if "workflows" in phases:
+            phase_t0 = time.monotonic()
+            say("workflows ...")
+            (nexusd,) = procs.start(procs.nexusd)
+            assert nexusd is not None
+            results["workflows"] = workflows(procs, plan, nexusd)
+            _stop_servers(procs)
+            seconds["workflows"] = time.monotonic() - phase_t0
         if "memory" in phases:
             phase_t0 = time.monotonic()
             say("memory ...")

@@ -367,6 +367,28 @@ def table(results: dict[str, Any]) -> str:
             add(f"{r['case']:<50}{sync}{_f(r.get('ack_p50'), 10)}{_f(r.get('ack_p99'), 10)} | "
                 f"{ratio}")
 
+    runs = results.get("workflows")
+    if runs:
+        add("")
+        add("6. Workflows, µs: one worker process (nexus_client's Worker), runs journaled at "
+            "the default durability; dispatch: run sent -> the worker's function starts; "
+            "progress: the worker's report sent -> the requester's progress event; execute: "
+            "run sent -> result received, no steps")
+        add(f"{'case':<50}{'p50':>10}{'p90':>10}{'p99':>10} | ÷ Kailash")
+        reference = _by(runs, role="reference")
+        for r in runs:
+            if "error" in r:
+                add(f"{r['case']:<50}FAILED: {r['error']}")
+            elif "runs_per_s" in r:
+                add(f"{r['case']:<50}{r['runs_per_s']:10.0f} runs/s over "
+                    f"{r['window_s']:g}s")
+            else:
+                ratio = "" if r is reference or reference is None or \
+                    not r["case"].startswith("execute") else \
+                    _x(_ratio(r.get("p50"), reference.get("p50")), 7)
+                add(f"{r['case']:<50}{_f(r.get('p50'), 10)}{_f(r.get('p90'), 10)}"
+                    f"{_f(r.get('p99'), 10)} | {ratio}")
+
     verdicts = results.get("aims", [])
     if verdicts:
         add("")

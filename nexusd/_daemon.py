@@ -287,7 +287,7 @@ class Daemon:
             timeout=config.run_timeout, backoff=config.run_backoff,
             max_inputs=config.run_max_inputs),
             index=config.data / RUNS_INDEX if on_disk else None,
-            fsync=config.durability == "power")
+            fsync=config.durability == "power", clock=self.clock)
 
     def reload_keys_soon(self) -> None:
         """Starts `reload_keys` beside the daemon's other services."""

@@ -84,6 +84,23 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         _obj(["transition_id"], transition_id=_STRING, success={"type": "boolean"})]},
     "Switched": _obj(["seq", "transition_id"], seq=_UINT, transition_id=_STRING),
     "Report": _OBJECT,
+    "ExecuteBody": _obj(["session_id"], session_id=_STRING, inputs=_OBJECT,
+                        resume={"type": "boolean", "description":
+                                "join the run of this workflow in flight, or start one "
+                                "that continues from the step the session records"}),
+    "RunOutcome": _obj(["run_id", "session_id", "workflow", "state", "progress"],
+                       run_id=_STRING, session_id=_STRING, workflow=_STRING,
+                       state={"type": "string",
+                              "enum": ["running", "completed", "failed", "cancelled"]},
+                       progress=_NUMBER, step=_UINT, total=_UINT, attempts=_UINT,
+                       duration={"type": ["number", "null"]}, result=_ANY,
+                       error={"type": ["string", "null"]}),
+    "RunAccepted": _obj(["run_id", "session_id", "state"], run_id=_STRING,
+                        session_id=_STRING, state={"const": "running"}, progress=_NUMBER,
+                        seq=_UINT),
+    "Workflows": _obj(["workflows"], workflows={"type": "array", "items": _obj(
+        ["name", "workers"], name=_STRING, workers={"type": "array", "items": _obj(
+            worker_id=_STRING, client=_STRING, capacity=_UINT, running=_UINT)})}),
     "Sessions": _obj(["sessions"], sessions={"type": "array", "items": _OBJECT},
                      after={"type": ["string", "null"]}),
     "EventStream": {"type": "string", "description":
@@ -93,13 +110,17 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
 }
 
 _STATUS_TEXT: Final = {
-    200: "OK", 201: "Created", 204: "No content", 400: "Bad request or bad JSON",
+    200: "OK", 201: "Created", 202: "Accepted: follow the run at Location",
+    204: "No content", 400: "Bad request or bad JSON",
     401: "No credential, or one that is not valid", 403: "Not allowed with this credential",
     404: "No such session, key or route", 409: "Conflict", 410: "Expired or invalidated",
     412: "The If-Match version does not match", 413: "Too large",
     429: "The session is busy: retry after Retry-After",
-    503: "Unavailable (shutting down, or not in this daemon)",
+    503: "Unavailable (shutting down, not in this daemon, or no worker within run_wait)",
 }
+
+#: Statuses below 400 a route may answer besides its success, with their schema.
+_OTHER_SUCCESS: Final = {202: "RunAccepted"}
 
 
 def _parameters(route: _Route) -> list[dict[str, Any]]:
@@ -114,6 +135,11 @@ def _parameters(route: _Route) -> list[dict[str, Any]]:
     if route.name == "events":
         params += [{"name": "Last-Event-ID", "in": "header", "schema": _UINT},
                    {"name": "since", "in": "query", "schema": _UINT}]
+    if route.name == "execute":
+        params += [{"name": "wait", "in": "query", "schema": {"type": "boolean"},
+                    "description": "false: answer 202 at once (default true)"},
+                   {"name": "Prefer", "in": "header", "schema": _STRING,
+                    "description": "respond-async: as wait=false"}]
     if route.method in ("PUT", "DELETE") and "{key}" in route.path:
         params.append({"name": "If-Match", "in": "header", "schema": _STRING})
     return params
@@ -129,7 +155,9 @@ def _operation(route: _Route) -> dict[str, Any]:
     responses: dict[str, Any] = {str(route.status): success}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for status in sorted(set(route.errors)):
-        responses[str(status)] = {"description": _STATUS_TEXT[status], "content": error}
+        content = error if status >= 400 else {"application/json": {"schema": {
+            "$ref": f"#/components/schemas/{_OTHER_SUCCESS[status]}"}}}
+        responses[str(status)] = {"description": _STATUS_TEXT[status], "content": content}
     op: dict[str, Any] = {"operationId": route.name, "summary": route.summary,
                           "parameters": _parameters(route), "responses": responses}
     if route.auth == "none":

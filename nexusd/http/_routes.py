@@ -42,6 +42,7 @@ from ._inspector import inspector_file
 from ._mapping import HttpError, build, parse_version, reply_json
 from ._metrics import CONTENT_TYPE
 from ._openapi import openapi
+from ._workflows import execute, get_run, list_workflows
 
 __all__ = ["ROUTES", "Endpoint"]
 
@@ -216,12 +217,6 @@ async def _status(x: Exchange) -> Response:
 # ------------------------------------------------------------- the daemon
 
 
-async def _execute(x: Exchange) -> Response:
-    raise HttpError(ErrorCode.UNAVAILABLE,
-                    f"workflow execution is not available in this daemon yet: "
-                    f"{x.path['name']!r} cannot run (the route is reserved)")
-
-
 async def _openapi(x: Exchange) -> Response:
     return json_response(openapi(ROUTES, x.parts.settings.server_name))
 
@@ -275,9 +270,18 @@ ROUTES: Final[tuple[Endpoint, ...]] = (
              reply="EventStream", media="text/event-stream", errors=(400, *_TOKEN_ERRORS)),
     Endpoint("GET", "/status", _status, "The daemon's health and figures", auth="admin",
              reply="Report", errors=(401, 403)),
-    Endpoint("POST", "/workflows/{name}/execute", _execute,
-             "Run a workflow in a session (reserved: answered 503 until workflows exist)",
-             auth="none", errors=(503,)),
+    Endpoint("GET", "/sessions/{session_id}/runs/{run_id}", get_run,
+             "A workflow run of the session: its state, progress, attempts and outcome "
+             "(write scope)", reply="RunOutcome", errors=_TOKEN_ERRORS),
+    Endpoint("POST", "/workflows/{name}/execute", execute,
+             "Run a workflow in the body's session (write scope) and wait for its outcome "
+             "(completed, failed or cancelled); ?wait=false or Prefer: respond-async "
+             "answers 202 at once with the run's Location",
+             body="ExecuteBody", reply="RunOutcome",
+             errors=(202, 400, 401, 403, 404, 410, 413, 429, 503)),
+    Endpoint("GET", "/workflows", list_workflows,
+             "The workflows live workers serve now, with those workers", auth="none",
+             reply="Workflows"),
     Endpoint("GET", "/openapi.json", _openapi, "This document", auth="none"),
     Endpoint("GET", "/", inspector_file("index.html", "text/html"),
              "The inspector: sessions live in a browser (README \"The inspector\")",

@@ -56,6 +56,7 @@ from nexus_protocol import (
     Written,
 )
 
+from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import Principal, ReplySink
 from ..session._commands import ReadRuns, RecordRun
@@ -143,8 +144,11 @@ class Workflows:
     nursery first; the service routes the workflow requests to `serve`."""
 
     def __init__(self, *, call: CallSession, policy: RunPolicy, index: Path | None,
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, clock: WallClock | None = None) -> None:
+        """`clock` is the wall clock the sessions record times by: a run
+        recovered at start keeps the time its `started` change records."""
         self._call = call
+        self._clock = clock or WallClock()
         self.policy = policy
         self._index_path = index
         self._fsync = fsync
@@ -223,6 +227,8 @@ class Workflows:
                 run = _Run(run_id, session_id, rec["workflow"], rec.get("inputs") or {},
                            key=rec.get("idempotency_key") or run_id, resume=True,
                            attempt=rec.get("attempt", 0))
+                # The run's timeout counts from its start, before the stop.
+                run.started = min(run.started, self._clock.to_trio(rec["started_at"]))
                 self._start(run)
                 recovered += 1
         await self._save_index()

@@ -124,13 +124,3 @@ async def test_resume_with_last_event_id(daemon: Daemon) -> None:
                 assert e is not None and e.event == "snapshot"
                 assert (e.id, e.data["recovered"], e.data["entries"]["k"]["value"]) == (
                     "12", False, 12)
-
-
-@HTTP
-async def test_the_guides_call_is_reserved(daemon: Daemon) -> None:
-    async with http_client(daemon) as client:
-        r = await client.post("/workflows/data-processor/execute",
-                              json={"inputs": {}, "session_id": "x"})
-    assert r.status_code == 503
-    assert r.json()["error"]["code"] == "unavailable"
-    assert "workflow" in r.json()["error"]["message"]

@@ -216,7 +216,17 @@ class Worker:
                     await client.fail_run(job.session_id, job.run_id, str(exc) or "retry",
                                           retry=True)
                     return
-                except (Conflict, SessionNotFound) as exc:
+                except Conflict as exc:
+                    # A write of the workflow's that expected a version another
+                    # writer changed meanwhile: the attempt is done again, from
+                    # what the session holds now. If it is rather this worker
+                    # that no longer holds the run, fail_run says so (Conflict).
+                    log.info("run %s: attempt %d met a conflict (%s); retried",
+                             job.run_id, job.attempt, exc)
+                    await client.fail_run(job.session_id, job.run_id,
+                                          f"Conflict: {exc}", retry=True)
+                    return
+                except SessionNotFound as exc:
                     log.info("run %s: given up (%s)", job.run_id, exc)
                     return
                 except NexusError:
@@ -249,7 +259,10 @@ def steps(*functions: Step) -> Callable[[RunContext, dict[str, Any]], Awaitable[
     `accumulated_data` and `progress` (percent) in one patch checked against
     the versions read, and the step is reported as progress. A run that
     resumes (`--continue`, or an attempt after the first) starts at the
-    session's `current_step`. Returns `accumulated_data`.
+    session's `current_step`. A patch refused `Conflict` (another writer
+    changed those keys meanwhile) ends the attempt; the run is dispatched
+    again and resumes from what the session holds then. Returns
+    `accumulated_data`.
     """
     total = len(functions)
 
