@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from ._config import FIELDS, Config, ConfigError, default_config_path, load_config
+from ._config import DURATIONS, FIELDS, Config, ConfigError, default_config_path, load_config
 from ._daemon import PID_FILE, Daemon
 from ._keys_cli import keys_list, keys_retire, keys_rotate
 from .store import KeyRingError, StoreError
@@ -32,7 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nexusd",
         description="nexusd: real-time session sync daemon. Clients reach it over a Unix "
-                    "socket and WebSocket, each on a channel it names (api, cli, web, mcp "
+                    "socket, WebSocket and HTTP, each on a channel it names (api, cli, web, mcp "
                     "or any label) that the session records; every change is journaled, "
                     "then seen by every client attached to the session, in order.",
     )
@@ -57,11 +57,14 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="TOML configuration file")
     for name, field in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        shown = "" if name in ("admin_key", "create_key") else f" (default: {_show(default)})"
+        text = field.metadata.get("help", "")
+        # A help that names its own default (one made at run time) shows no other.
+        shown = ("" if "default:" in text else
+                 f" (default: {_show(getattr(defaults, name), name in DURATIONS)})")
+        choices = field.metadata.get("choices")
         serve.add_argument(flag, dest=name, default=argparse.SUPPRESS,
-                           metavar=name.split("_")[-1].upper(),
-                           help=field.metadata.get("help", "") + shown)
+                           metavar="|".join(choices) if choices else name.split("_")[-1].upper(),
+                           help=text + shown)
     keys = sub.add_parser(
         "keys", help="manage the master keys that encrypt the store",
         description="The master key ring in DATA/keys wraps each session's data key. "
@@ -111,11 +114,17 @@ def _signal_daemon(data: Path) -> None:
           "under the new key, in the background")
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, duration: bool) -> str:
+    """A setting's default as the help shows it: durations with a unit,
+    other numbers as they are."""
     if value is None:
         return "off"
-    if isinstance(value, float) and value.is_integer():
-        return f"{int(value)}s" if value < 3600 or value % 3600 else f"{int(value // 3600)}h"
+    if duration and isinstance(value, float):
+        if value.is_integer() and value >= 3600 and not value % 3600:
+            return f"{int(value // 3600)}h"
+        return f"{value:g}s"
+    if isinstance(value, float):
+        return f"{value:g}"
     if isinstance(value, tuple):
         return ",".join(value) or "none"
     return str(value)

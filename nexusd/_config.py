@@ -14,7 +14,8 @@ from nexus_protocol import DEFAULT_WS_HOST, DEFAULT_WS_PORT, default_socket_path
 
 from .store import DURABILITIES
 
-__all__ = ["Config", "ConfigError", "default_config_path", "load_config", "parse_duration"]
+__all__ = ["DURATIONS", "FIELDS", "Config", "ConfigError", "default_config_path", "load_config",
+           "parse_duration"]
 
 
 class ConfigError(ValueError):
@@ -86,7 +87,8 @@ class Config:
         metadata={"help": "data directory (store, keys, admin key)"})
     durability: str = attrs.field(
         default="process",
-        metadata={"help": "when a write is acknowledged: process (in the OS: survives "
+        metadata={"choices": DURABILITIES,
+                  "help": "when a write is acknowledged: process (in the OS: survives "
                           "kill -9 of the daemon), power (fsync'd: survives power loss), "
                           "memory (nothing on disk)"})
     admin_key: str | None = attrs.field(
@@ -153,7 +155,8 @@ class Config:
                           "(default: DATA/create.key, made when first needed)"})
     require_create_key: str = attrs.field(
         default="auto",
-        metadata={"help": "network clients need the create key to create sessions: auto "
+        metadata={"choices": ("auto", "always", "never"),
+                  "help": "network clients need the create key to create sessions: auto "
                           "(when a listener binds a non-loopback address), always, never"})
     create_rate: float = attrs.field(
         default=10.0, converter=float,
@@ -240,6 +243,17 @@ class Config:
         metadata={"help": "time given to in-flight requests on SIGINT/SIGTERM"})
     http_max_body: int = attrs.field(
         default=1 << 20, metadata={"help": "largest HTTP request body, bytes"})
+    http_keep_alive: float = attrs.field(
+        default=5.0, converter=_duration,
+        metadata={"help": "close an idle HTTP connection after this long, and one that has "
+                          "not sent its first request's head within it"})
+    max_request_head: int = attrs.field(
+        default=16 * 1024,
+        metadata={"help": "largest HTTP request head, and WebSocket upgrade request "
+                          "(request line and headers), bytes"})
+    max_page: int = attrs.field(
+        default=1000,
+        metadata={"help": "most sessions one page of the session list holds (admin)"})
     sse_heartbeat: float = attrs.field(
         default=15.0, converter=_duration,
         metadata={"help": "an HTTP event stream sends a comment after this long without "
@@ -280,7 +294,8 @@ class Config:
         metadata={"help": "WAL file size, bytes, past which the store empties the WAL even "
                           "if commits wait a moment for readers to finish"})
     log_level: str = attrs.field(default="info",
-                                 metadata={"help": "debug, info, warning or error"})
+                                 metadata={"choices": ("debug", "info", "warning", "error"),
+                                           "help": "how much the daemon logs"})
 
     def __attrs_post_init__(self) -> None:
         for name in ("max_frame", "max_key", "max_depth", "max_patch", "max_keys",
@@ -288,7 +303,8 @@ class Config:
                      "create_burst", "max_sessions", "max_active_sessions", "max_memory",
                      "max_metadata", "max_context", "queue_bytes", "retention_bytes",
                      "max_connections", "max_connections_per_peer",
-                     "http_max_body", "sse_queue", "sse_queue_bytes", "run_attempts",
+                     "http_max_body", "max_request_head", "max_page", "sse_queue",
+                     "sse_queue_bytes", "run_attempts",
                      "run_max_inputs", "wal_limit", "max_track", "track_rate",
                      "max_context_keys", "mcp_max_sessions"):
             if getattr(self, name) < 1:
@@ -316,6 +332,8 @@ class Config:
             ws_address(self.ws)
         if self.http is not None:
             ws_address(self.http, "http")
+        if self.http_keep_alive <= 0:
+            raise ConfigError("http_keep_alive must be positive")
         if self.sse_heartbeat <= 0:
             raise ConfigError("sse_heartbeat must be positive")
         if self.mcp_idle_timeout <= 0:
@@ -341,6 +359,9 @@ def ws_address(text: str, name: str = "ws") -> tuple[str, int]:
 
 
 FIELDS = {f.name: f for f in attrs.fields(Config)}
+#: The settings that are durations (shown with a unit).
+DURATIONS = frozenset(name for name, f in FIELDS.items()
+                      if cast(Any, f.converter) in (_duration, _optional_duration))
 _NUMBERS = {name for name, f in FIELDS.items() if cast(Any, f.converter) is float}
 
 

@@ -237,6 +237,7 @@ class Daemon:
                 self.service = SessionService(registry=self.registry, store=self.store,
                                               analytics=self.analytics, stats=self.stats,
                                               busy_timeout=config.busy_timeout,
+                                              max_page=config.max_page,
                                               limits=self.peer_limits,
                                               workflows=self._workflows)
                 async with trio.open_nursery() as services:
@@ -380,7 +381,8 @@ class Daemon:
         config = self.config
         host, port = ws_address(address, "http")
         listener = self.http_listener = HttpListener(
-            self.peer_limits, handshake_timeout=config.handshake_timeout)
+            self.peer_limits, keep_alive=config.http_keep_alive,
+            max_header=config.max_request_head, handshake_timeout=config.handshake_timeout)
         settings = HttpSettings(
             server_name=self.server_name, limits=self.limits, max_body=config.http_max_body,
             read_timeout=config.read_timeout, sse_heartbeat=config.sse_heartbeat,
@@ -499,7 +501,7 @@ def websocket_settings(config: Config, host: str, http_port: int | None = None
     return WebSocketSettings(
         # One byte over the protocol's limit reaches the protocol, which
         # answers `too_large`; longer messages are refused unread.
-        max_message=config.max_frame + 1,
+        max_message=config.max_frame + 1, max_request=config.max_request_head,
         handshake_timeout=config.handshake_timeout, read_timeout=config.read_timeout,
         ping_interval=config.ws_ping_interval, allowed_origins=rules.origins,
         allowed_hosts=rules.hosts)

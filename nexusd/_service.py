@@ -136,16 +136,18 @@ class SessionService:
 
     def __init__(self, *, registry: Registry, store: Store, analytics: ChannelAnalytics,
                  stats: Callable[[], Awaitable[dict[str, Any]]],
-                 busy_timeout: float, limits: PeerLimits,
+                 busy_timeout: float, limits: PeerLimits, max_page: int = 1000,
                  workflows: Callable[[SessionService], Workflows] | None = None) -> None:
         """`workflows` makes the engine that serves runs (given this service,
-        through which it journals); without it `run` is `unavailable`."""
+        through which it journals); without it `run` is `unavailable`.
+        `max_page` bounds a page of `ListSessions`."""
         self._registry = registry
         self._limits = limits
         self._store = store
         self._analytics = analytics
         self._stats = stats
         self._busy_timeout = busy_timeout
+        self._max_page = max_page
         # Daemon-wide requests: type -> (needs the admin credential, serve).
         self._daemon_requests: dict[type[Message], tuple[bool, _DaemonRequest]] = {
             Ping: (False, self._ping),
@@ -261,7 +263,7 @@ class SessionService:
         return Report(id=req.id, report=self._analytics.report())
 
     async def _list_sessions(self, principal: Principal, req: ListSessions) -> Message:
-        limit = min(req.limit or 100, 1000)
+        limit = min(req.limit or 100, self._max_page)
         metas = await self._store.list_sessions(req.after, limit + 1)
         page = metas[:limit]
         sessions = [{"session_id": m.session_id, "created_at": m.created_at,

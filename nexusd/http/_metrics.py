@@ -22,6 +22,9 @@ __all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
+#: The methods counted by name; any other is "other".
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 _LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                            0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -100,7 +103,10 @@ class Metrics:
         self._sync.observe(sync_seconds)
 
     def request(self, method: str, route: str, status: int, code: str | None) -> None:
-        """Counts one HTTP request; `route` is its path template, never the path."""
+        """Counts one HTTP request; `route` is its path template, never the
+        path. A method outside the standard ones is counted as "other": the
+        client chooses it, and each would be a series of its own."""
+        method = method if method in _METHODS else "other"
         self._requests.labels(method, route, str(status)).inc()
         if code is not None:
             self._errors.labels(code).inc()

@@ -15,9 +15,11 @@ The listener keeps each connection's socket by the client's address, and
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -29,7 +31,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
 from .._limits import PeerLimits, peer_of_address
-from ..transports._common import bracket, in_use, run_alone
+from ..transports._common import accept_loop, bracket, in_use, run_alone
 
 __all__ = ["HttpListener", "HttpListenerStatistics"]
 
@@ -95,19 +97,27 @@ class HttpListener:
         try:
             listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
-            if exc.errno == 98:  # EADDRINUSE
-                raise OSError(exc.errno, in_use(f"{bracket(host)}:{port}")) from None
-            raise
+            address = f"{bracket(host)}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, in_use(address)) from None
+            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
+                          ) from None
         self.port = listeners[0].socket.getsockname()[1]
         app: Any = make_app(self.port)
         self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")
         if tls is not None:
             tls.set_alpn_protocols(["h2", "http/1.1"])
-            listeners = [trio.SSLListener(listener, tls, https_compatible=True)
-                         for listener in listeners]
             self.scheme = "https"
         task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners, handler_nursery=handler_nursery)
+        # The transports' accept loop: out of descriptors, it sheds the
+        # connections waiting and logs once an interval, not each retry.
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                sock = listener.socket
+                if tls is not None:
+                    listener = trio.SSLListener(listener, tls, https_compatible=True)
+                nursery.start_soon(partial(accept_loop, listener, sock, self._handle,
+                                           handler_nursery, name="http"))
 
     async def _handle(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
                       ) -> None:

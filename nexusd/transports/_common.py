@@ -12,11 +12,13 @@ back, and logs one line per interval, however many accepts failed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -118,18 +120,22 @@ class _Reserve:
 
 async def accept_loop(listener: trio.abc.Listener[Any], sock: Any,
                       connection: Callable[[Any], Awaitable[None]],
-                      handler_nursery: trio.Nursery) -> None:
+                      handler_nursery: trio.Nursery, *, name: str = "accepted") -> None:
     """Accepts `listener`'s connections and runs `connection(stream)` for
     each in `handler_nursery` (closing the stream after it); `sock` is the
     trio socket under the listener, used to shed connections when out of
-    descriptors. Never returns unless cancelled."""
+    descriptors; `name` labels the log line of a connection that fails.
+    Never returns unless cancelled."""
     reserve = _Reserve()
 
     async def run(stream: Any) -> None:
+        # `connection` runs its steps alone; this guards what it does before
+        # (or between) them, so that no connection can end the nursery.
         try:
-            await connection(stream)
+            await run_alone(f"{name} connection", partial(connection, stream))
         finally:
-            await trio.aclose_forcefully(stream)
+            with contextlib.suppress(*_CLIENT_FAULTS):
+                await trio.aclose_forcefully(stream)
 
     async with listener:
         while True:

@@ -126,4 +126,4 @@ async def serve_unix(handler: Handler, listener: trio.SocketListener, *,
         await run_alone("unix", run)
 
     task_status.started()
-    await accept_loop(listener, listener.socket, connection, handler_nursery)
+    await accept_loop(listener, listener.socket, connection, handler_nursery, name="unix")

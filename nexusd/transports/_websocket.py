@@ -25,6 +25,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -55,8 +56,6 @@ log = logging.getLogger("nexusd.transport")
 
 SUBPROTOCOLS = {"nexus.v1.msgpack": Encoding.MSGPACK, "nexus.v1.json": Encoding.JSON}
 RECEIVE_SIZE = 64 * 1024
-#: Longest upgrade request (its headers) read before the client is refused.
-MAX_REQUEST = 16 * 1024
 #: How long the closing handshake may take before the connection is dropped.
 CLOSE_TIMEOUT = 1.0
 # Close codes (RFC 6455 section 7.4.1).
@@ -67,10 +66,12 @@ _OPCODE = {Encoding.MSGPACK: 0x82, Encoding.JSON: 0x81}  # FIN + binary / text
 @attrs.frozen
 class WebSocketSettings:
     """`max_message`: longest message taken from the WebSocket layer (the
-    protocol's own limit answers `too_large` up to it); `allowed_origins` and
+    protocol's own limit answers `too_large` up to it); `max_request`: the
+    largest upgrade request (431 past it); `allowed_origins` and
     `allowed_hosts` as `check_browser` takes them."""
 
     max_message: int
+    max_request: int
     handshake_timeout: float
     read_timeout: float
     ping_interval: float | None
@@ -346,18 +347,22 @@ def _header_size(header: bytearray) -> int:
     return 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if header[1] & 0x80 else 0)
 
 
-async def _read_request(stream: trio.abc.Stream, ws: WSConnection) -> bytes | None:
+async def _read_request(stream: trio.abc.Stream, ws: WSConnection, max_request: int
+                        ) -> bytes | None:
     """The bytes of the upgrade request and any after it; None if the client
     went away, or sent too much (then it is told so)."""
     buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        if len(buffer) > MAX_REQUEST:
-            await _refuse(stream, ws, 431, "request headers too large")
-            return None
+    end = -1
+    while end < 0 and len(buffer) <= max_request:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             return None
         buffer += bytes(data)
+        end = buffer.find(b"\r\n\r\n")
+    # The whole head counts, however many reads brought it.
+    if end < 0 or end + 4 > max_request:
+        await _refuse(stream, ws, 431, "request headers too large")
+        return None
     return buffer
 
 
@@ -365,7 +370,7 @@ async def _upgrade(stream: trio.abc.Stream, peer: str, remote: Peer,
                    settings: WebSocketSettings, fd: int | None) -> WebSocketTransport | None:
     """Reads the upgrade request and accepts it, or refuses it (and None)."""
     ws = WSConnection(ConnectionType.SERVER)
-    buffer = await _read_request(stream, ws)
+    buffer = await _read_request(stream, ws, settings.max_request)
     if buffer is None:
         return None
     end = buffer.index(b"\r\n\r\n") + 4
@@ -443,13 +448,13 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
 
     async def connection(stream: trio.abc.Stream) -> None:
         peer, remote = _ws_peer(stream)
-        if not limits.admit_connection(remote):
+        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+
+        async def refuse() -> None:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 ws = WSConnection(ConnectionType.SERVER)
-                if await _read_request(stream, ws) is not None:
+                if await _read_request(stream, ws, settings.max_request) is not None:
                     await _refuse(stream, ws, 503, "the daemon has as many connections as it may")
-            return
-        fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
         async def run() -> None:
             transport = None
@@ -458,6 +463,11 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
             if transport is not None:
                 await handler(transport)
 
+        # A refused client is read and answered too, and may reset (or fail
+        # its TLS handshake) meanwhile: that runs alone as well.
+        if not limits.admit_connection(remote):
+            await run_alone(peer, refuse)
+            return
         try:
             await run_alone(peer, run)
         finally:
@@ -466,8 +476,8 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
     task_status.started(_tcp_socket(listeners[0]).getsockname()[1])
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(accept_loop, listener, _tcp_socket(listener), connection,
-                               handler_nursery)
+            nursery.start_soon(partial(accept_loop, listener, _tcp_socket(listener),
+                                       connection, handler_nursery, name="ws"))
 
 
 def _tcp_socket(stream_or_listener: Any) -> trio.socket.SocketType:

@@ -108,8 +108,8 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
     assert top.returncode == 0, top.stderr
     assert "serve" in top.stdout and "--version" in top.stdout
     # It offers the listeners there are, and no other.
-    assert "Unix socket" in top.stdout and "WebSocket" in top.stdout
-    assert "HTTP" not in top.stdout and "MCP" not in top.stdout
+    assert "Unix socket" in top.stdout and "WebSocket" in top.stdout and "HTTP" in top.stdout
+    assert "MCP" not in top.stdout
 
     serve = subprocess.run([*NEXUSD, "serve", "--help"], capture_output=True, text=True,
                            timeout=30, env=_environ(tmp_path))
@@ -120,6 +120,28 @@ def test_help_names_every_flag(tmp_path: Path) -> None:
     # The help says which defaults apply, and a setting is never shown empty.
     assert "(default: 1048576)" in serve.stdout
     assert "NEXUSD_" in serve.stdout
+    lines = {line.split()[0]: line for line in serve.stdout.splitlines()
+             if line.startswith("  --")}
+    # Only durations carry a unit; a rate is a number.
+    assert "(default: 10)" in _help_of(serve.stdout, "--create-rate")
+    assert "(default: 60s)" in _help_of(serve.stdout, "--hibernate-after")
+    assert "(default: 24h)" in _help_of(serve.stdout, "--default-ttl")
+    # A setting with a few values names them in its placeholder.
+    assert "--require-create-key auto|always|never" in lines["--require-create-key"]
+    assert "--durability process|power|memory" in lines["--durability"]
+    # A default the help describes is not contradicted by another.
+    hosts = _help_of(serve.stdout, "--allowed-hosts")
+    assert "default: the address each listener listens on" in hosts
+    assert hosts.count("default:") == 1, hosts
+
+
+def _help_of(text: str, flag: str) -> str:
+    """The help of `flag` in argparse's output, its lines joined."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {flag} "))
+    end = next(i for i in range(start + 1, len(lines))
+               if not lines[i].startswith(" " * 5) or lines[i].startswith("  --"))
+    return " ".join(line.strip() for line in lines[start:end])
 
 
 def test_bad_settings_exit_2_with_the_setting_named(tmp_path: Path) -> None:
@@ -205,6 +227,17 @@ def test_a_port_in_use_is_one_error_line(tmp_path: Path) -> None:
         result = _serve_error(tmp_path, "--socket", "off", "--ws", f"127.0.0.1:{port}")
     assert _error_line(result) == (
         f"nexusd: error: address 127.0.0.1:{port} is in use (another nexusd?)")
+
+
+@pytest.mark.parametrize("flag", ["--ws", "--http"])
+def test_an_address_not_on_this_machine_is_one_error_line_naming_it(tmp_path: Path,
+                                                                    flag: str) -> None:
+    # 192.0.2.1 (TEST-NET-1) is nobody's address: binding it fails.
+    others = {"--ws": "off", "--http": "off"}
+    others[flag] = "192.0.2.1:80"
+    result = _serve_error(tmp_path, "--socket", "off", "--ws", others["--ws"],
+                          "--http", others["--http"])
+    assert _error_line(result).startswith("nexusd: error: cannot listen on 192.0.2.1:80: ")
 
 
 async def test_a_socket_a_live_daemon_serves_is_one_error_line(daemon: Daemon,

@@ -61,3 +61,28 @@ async def test_clients_that_reset_do_not_end_the_daemon(daemon: Daemon, after_up
     # A client that goes away is no error of the daemon's.
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def _reset_partway(port: int) -> None:
+    """Sends half an upgrade request, then resets the connection: a refused
+    client resets while the daemon reads its request to answer it 503."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock, trio.fail_after(TIMEOUT):
+        await sock.connect(("127.0.0.1", port))
+        await sock.send(UPGRADE[:20])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.daemon_config(max_connections_per_peer=1)
+async def test_refused_clients_that_reset_do_not_end_the_daemon(
+        daemon: Daemon, caplog: pytest.LogCaptureFixture) -> None:
+    assert daemon.ws_port is not None
+    caplog.set_level(logging.INFO, logger="nexusd")
+    async with connect_ws(daemon.ws_port) as held:
+        for _ in range(RESETS):
+            await _reset_partway(daemon.ws_port)
+        assert isinstance(await held.call(p.Ping), p.Pong)
+    async with connect_ws(daemon.ws_port) as web:  # the daemon still serves
+        assert isinstance(await web.call(p.Ping), p.Pong)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

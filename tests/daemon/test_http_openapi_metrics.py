@@ -90,3 +90,21 @@ async def test_metrics_in_the_prometheus_format_without_per_session_labels(
         assert value("nexusd_sessions_ended", reason=reason) == 0
     # Bounded cardinality: no label holds a session id, a key or a path.
     assert sid not in r.text and "/absent" not in r.text
+
+
+@HTTP
+async def test_methods_a_client_invents_are_counted_as_other(daemon: Daemon) -> None:
+    async with http_client(daemon) as client:
+        for i in range(50):
+            r = await client.request(f"INVENTED{i}", "/sessions" if i % 2 else "/nowhere")
+            assert r.status_code in (404, 405)
+        await client.request("OPTIONS", "/sessions")
+        r = await client.get("/metrics")
+    assert "INVENTED" not in r.text
+    samples = [s for f in text_string_to_metric_families(r.text)
+               if f.name == "nexusd_http_requests" for s in f.samples
+               if s.name == "nexusd_http_requests_total"]
+    assert {s.labels["method"] for s in samples} <= {
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert sum(s.value for s in samples if s.labels["method"] == "other") == 50
+    assert any(s.labels["method"] == "OPTIONS" for s in samples)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import errno
 import logging
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
 from nexusd._limits import LimitSettings, PeerLimits, peer_of_address, peer_of_uid
+from nexusd.http._server import HttpListener
 from nexusd.transports._common import accept_loop
 
 
@@ -112,6 +114,32 @@ async def test_out_of_descriptors_the_accept_loop_logs_once_an_interval(
         nursery.start_soon(accept_loop, listener, None, never, nursery)
         await trio.sleep(5.0)
         nursery.cancel_scope.cancel()
+    assert listener.calls > 20  # it kept trying
+    records = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert "EMFILE" in records[0].getMessage() and records[0].exc_info is None
+
+
+async def test_out_of_descriptors_the_http_listener_logs_once_an_interval(
+        caplog: pytest.LogCaptureFixture, autojump_clock: object,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.INFO)
+    listener = _FullListener()
+    listener.socket = trio.socket.socket()  # type: ignore[attr-defined]
+    await listener.socket.bind(("127.0.0.1", 0))  # type: ignore[attr-defined]
+
+    async def open_tcp_listeners(port: int, *, host: str) -> list[Any]:
+        return [listener]
+
+    monkeypatch.setattr("nexusd.http._server.trio.open_tcp_listeners", open_tcp_listeners)
+    limits = PeerLimits(LimitSettings(max_connections=3, max_connections_per_peer=2,
+                                      admin_reserve=1))
+    with listener.socket:  # type: ignore[attr-defined]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(HttpListener(limits).serve, lambda port: None,
+                                        "127.0.0.1", 0, None, handler_nursery=nursery))
+            await trio.sleep(5.0)
+            nursery.cancel_scope.cancel()
     assert listener.calls > 20  # it kept trying
     records = [r for r in caplog.records if "accept" in r.getMessage()]
     assert len(records) == 1, [r.getMessage() for r in records]

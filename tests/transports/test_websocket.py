@@ -13,7 +13,8 @@ from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
 from nexusd._limits import peer_of_address
 from nexusd.transports._websocket import WebSocketSettings, WebSocketTransport
 
-SETTINGS = WebSocketSettings(max_message=1 << 20, handshake_timeout=10, read_timeout=30,
+SETTINGS = WebSocketSettings(max_message=1 << 20, max_request=16 * 1024, handshake_timeout=10,
+                             read_timeout=30,
                              ping_interval=None, allowed_origins=frozenset(),
                              allowed_hosts=None)
 
