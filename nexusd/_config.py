@@ -263,6 +263,12 @@ class Config:
     sse_queue_bytes: int = attrs.field(
         default=8 << 20,
         metadata={"help": "bytes queued per HTTP event stream before it lags"})
+    mcp_max_sessions: int = attrs.field(
+        default=1000, metadata={"help": "MCP sessions open at once on /mcp (one more is "
+                                        "answered 503)"})
+    mcp_idle_timeout: float = attrs.field(
+        default=1800.0, converter=_duration,
+        metadata={"help": "an MCP session on /mcp with no request for this long ends"})
     # Workflow runs (README "Workflows").
     run_attempts: int = attrs.field(
         default=3, metadata={"help": "dispatches of one workflow run at most (a worker that "
@@ -300,7 +306,7 @@ class Config:
                      "http_max_body", "max_request_head", "max_page", "sse_queue",
                      "sse_queue_bytes", "run_attempts",
                      "run_max_inputs", "wal_limit", "max_track", "track_rate",
-                     "max_context_keys"):
+                     "max_context_keys", "mcp_max_sessions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.durability not in DURABILITIES:
@@ -330,6 +336,8 @@ class Config:
             raise ConfigError("http_keep_alive must be positive")
         if self.sse_heartbeat <= 0:
             raise ConfigError("sse_heartbeat must be positive")
+        if self.mcp_idle_timeout <= 0:
+            raise ConfigError("mcp_idle_timeout must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key go together")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -394,12 +394,17 @@ class Daemon:
         def make_app(bound_port: int) -> Any:
             self.http = HttpChannel(self.service, settings, self.metrics,
                                     browser_rules(config, host, bound_port), self.stats,
-                                    listener.abort_client)
+                                    listener.abort_client,
+                                    mcp_max_sessions=config.mcp_max_sessions,
+                                    mcp_idle_timeout=config.mcp_idle_timeout)
             return self.http.app
 
         tls = self._tls()
         self.http_port = await listeners.start(partial(
             listener.serve, make_app, host, port, tls, handler_nursery=connections))
+        if self.http is not None and self.http.mcp is not None:
+            assert self._services is not None
+            await self._services.start(self.http.mcp.run)
         log.info("listening on %s://%s:%d/", listener.scheme, _bracket(host), self.http_port)
 
     async def _drain_connections(self) -> None:

@@ -22,6 +22,7 @@ MAX_LINES = 650
 PACKAGES: dict[str, frozenset[str]] = {
     "nexus_protocol": frozenset({"trio", "trio_websocket", "nexusd", "nexus_client"}),
     "nexus_client": frozenset({"nexusd"}),
+    "nexus_mcp": frozenset({"nexusd", "nexus_client"}),
     "nexusd": frozenset({"nexus_client"}),
 }
 

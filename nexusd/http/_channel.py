@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from .._origins import BrowserRules
 from .._service import SessionService
@@ -48,7 +49,9 @@ class HttpChannel:
 
     def __init__(self, service: SessionService, settings: HttpSettings, metrics: Metrics,
                  browser: BrowserRules, figures: Callable[[], Awaitable[dict[str, Any]]],
-                 abort_client: Callable[[tuple[str, int] | None], None]) -> None:
+                 abort_client: Callable[[tuple[str, int] | None], None], *,
+                 mcp: bool = True, mcp_max_sessions: int = 1000,
+                 mcp_idle_timeout: float = 1800.0) -> None:
         self.parts = ChannelParts(service, settings, metrics, figures, abort_client)
         self.metrics = metrics
         self.browser = browser
@@ -60,6 +63,17 @@ class HttpChannel:
                 self._endpoint(endpoint.handler, endpoint.path)
         routes = [Route(path, _by_method(methods), methods=list(methods))
                   for path, methods in by_path.items()]
+        # `/mcp`: the MCP channel, served by the SDK behind the same browser rules.
+        # Imported here: the SDK takes seconds to import, which a daemon
+        # without its HTTP listener should not wait for at start.
+        from ._mcp import McpChannel
+
+        self.mcp = McpChannel(service, settings, browser, self.parts.stopping,
+                              max_sessions=mcp_max_sessions,
+                              idle_timeout=mcp_idle_timeout) if mcp else None
+        if self.mcp is not None:
+            routes.append(Route("/mcp", _Asgi(self.mcp.app),
+                                methods=["GET", "POST", "DELETE"]))
         self.app = Starlette(routes=routes, exception_handlers={
             HTTPException: self._routing_error, Exception: self._internal_error})
 
@@ -123,6 +137,17 @@ class HttpChannel:
         return self.parts.stopping
 
 
+
+
+class _Asgi:
+    """An ASGI app as a Starlette route's endpoint (a plain function would be
+    taken for a request handler)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def _by_method(endpoints: dict[str, Callable[[Request], Awaitable[Response]]]

@@ -23,6 +23,8 @@ def _served(daemon: Daemon) -> set[tuple[str, str]]:
     served = set()
     for route in daemon.http.app.routes:
         assert isinstance(route, Route) and route.methods
+        if route.path == "/mcp":
+            continue  # JSON-RPC, which MCP describes (tools/list), not OpenAPI
         path = route.path.replace(":path}", "}")
         served |= {(m, path) for m in route.methods if m != "HEAD"}
     return served

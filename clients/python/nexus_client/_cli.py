@@ -320,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the channel chart (default: on a terminal)")
     json_flag(p)
 
+    p = command(commands, "mcp", _cmd_mcp,
+                "serve MCP on stdin/stdout for an AI agent's host (a bridge to the daemon, "
+                "channel mcp); ends when the host closes stdin")
+    p.add_argument("--session", metavar="ID", dest="session_id",
+                   help="the session the agent works on (its token from --token, NEXUS_TOKEN "
+                        "or the credentials file); default: every session of the credentials "
+                        "file")
+
     p = command(commands, "ping", _commands.cmd_ping, "check that the daemon answers")
     json_flag(p)
 
@@ -436,14 +444,32 @@ def _hint(exc: NexusError, ctx: Context) -> str | None:
 # -------------------------------------------------------------------------- main
 
 
+async def _cmd_mcp(client: AsyncClient, ctx: Context) -> int:
+    # Imported here: the SDK is heavy, and only this command needs it.
+    from ._mcp_bridge import serve_stdio
+
+    sid = ctx.args.session_id
+    if sid is not None:
+        token = ctx.token(sid)
+        return await serve_stdio(client, {sid: token} if token else {}, default_token=token)
+    try:
+        tokens = ctx.store.all()
+    except (OSError, ValueError) as exc:
+        ctx.note(f"nexus: warning: cannot read {ctx.store.path}: {exc}")
+        tokens = {}
+    return await serve_stdio(client, tokens, default_token=ctx.option("token", "NEXUS_TOKEN"))
+
+
 async def _run(ctx: Context, target: Target) -> int:
     a = ctx.args
-    watching = a.command in ("watch", "worker")
+    # `watch`, `worker` and the MCP bridge ride out daemon restarts.
+    watching = a.command in ("watch", "worker", "mcp")
     timeout = ctx.option("timeout") or 10.0
     client = AsyncClient(
-        target, channel="cli", client_name=CLI_CLIENT_NAME,
+        target, channel="mcp" if a.command == "mcp" else "cli",
+        client_name="nexus-mcp" if a.command == "mcp" else CLI_CLIENT_NAME,
         admin_key=ctx.option("admin_key", "NEXUS_ADMIN_KEY"),
-        # One-shot commands fail fast; `watch` rides out daemon restarts.
+        # One-shot commands fail fast.
         reconnect=Backoff(base=0.2, max_delay=5.0, max_attempts=None) if watching else False,
         connect_timeout=timeout, request_timeout=None if watching else timeout)
     handler: Callable[[AsyncClient, Context], Awaitable[int]] = a.handler
