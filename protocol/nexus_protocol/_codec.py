@@ -388,6 +388,14 @@ def _shallow(body: bytes, limits: Limits) -> bool:
             and len(body) - len(body.translate(None, _CONTAINER_BYTES)) <= limits.max_depth)
 
 
+def frame_too_large(size: int, limits: Limits) -> RemoteProtocolError:
+    """The (fatal) error for a frame of `size` bytes over the frame limit."""
+    return RemoteProtocolError(
+        f"frame of {size} bytes exceeds the limit of {limits.max_frame}",
+        ErrorCode.TOO_LARGE, fatal=True,
+    )
+
+
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
@@ -401,10 +409,7 @@ def decode_body(body: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             body was a readable request.
     """
     if len(body) > limits.max_frame:
-        raise RemoteProtocolError(
-            f"frame of {len(body)} bytes exceeds the limit of {limits.max_frame}",
-            ErrorCode.TOO_LARGE, fatal=True,
-        )
+        raise frame_too_large(len(body), limits)
     shallow = _shallow(body, limits)
     try:
         if shallow:

@@ -12,7 +12,7 @@ from typing import Final
 
 import attrs
 
-from ._codec import FRAME_HEADER, decode_body, encode_body, validate
+from ._codec import FRAME_HEADER, decode_body, encode_body, frame_too_large, validate
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._json import decode_json, encode_json, json_from_body
 from ._limits import DEFAULT_LIMITS, Limits
@@ -215,10 +215,7 @@ class Connection:
             return
         if self.framing is Framing.MESSAGE:
             if len(data) > self.limits.max_frame:
-                raise self._fail(RemoteProtocolError(
-                    f"frame of {len(data)} bytes exceeds the limit of {self.limits.max_frame}",
-                    ErrorCode.TOO_LARGE, fatal=True,
-                ))
+                raise self._fail(frame_too_large(len(data), self.limits))
             self._bodies.append(bytes(data))
         else:
             self._buffer += data
@@ -231,10 +228,7 @@ class Connection:
             return None
         (length,) = FRAME_HEADER.unpack_from(buf)
         if length > self.limits.max_frame:
-            raise self._fail(RemoteProtocolError(
-                f"frame of {length} bytes exceeds the limit of {self.limits.max_frame}",
-                ErrorCode.TOO_LARGE, fatal=True,
-            ))
+            raise self._fail(frame_too_large(length, self.limits))
         end = FRAME_HEADER.size + length
         if len(buf) < end:
             return None

@@ -20,8 +20,7 @@ from typing import Any, Final
 
 import msgpack
 
-from ._codec import _DECODERS, _ENCODERS, _bad, _check_patch, _request_id
-from ._errors import ErrorCode, RemoteProtocolError
+from ._codec import _DECODERS, _ENCODERS, _bad, _check_patch, _request_id, frame_too_large
 from ._limits import DEFAULT_LIMITS, Limits
 from ._messages import Message, Patch
 
@@ -134,10 +133,7 @@ def decode_json(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
             body was a readable request.
     """
     if len(data) > limits.max_frame:
-        raise RemoteProtocolError(
-            f"frame of {len(data)} bytes exceeds the limit of {limits.max_frame}",
-            ErrorCode.TOO_LARGE, fatal=True,
-        )
+        raise frame_too_large(len(data), limits)
     try:
         text = data.decode()
         obj = _loads(text)
