@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -208,3 +210,19 @@ class Cli:
                                           capture_stderr=True, check=False,
                                           stdin=subprocess.DEVNULL, env=self._environ(env))
         return CliResult(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def http_daemon(tmp_path: Path, home: Path) -> Iterator[DaemonProcess]:
+    """Runs ``nexusd serve`` with a Unix socket and HTTP on a free loopback
+    port (memory durability, no WebSocket) until the generator is closed."""
+    sockets = Path(tempfile.mkdtemp(prefix="nx-"))
+    process = DaemonProcess(tmp_path / "data", sockets / "n.sock", tmp_path / "nexusd.log",
+                            "--durability", "memory", env=clean_environ(home),
+                            ws=False, http=True)
+    process.start()
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.kill()
+        shutil.rmtree(sockets, ignore_errors=True)

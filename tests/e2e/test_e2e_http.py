@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ._procs import Cli, DaemonProcess, clean_environ
+from ._procs import Cli, DaemonProcess, clean_environ, http_daemon
 
 #: Hard bound on each read from the event stream, in seconds.
 READ_TIMEOUT = 10.0
@@ -24,17 +22,7 @@ READ_TIMEOUT = 10.0
 @pytest.fixture
 def daemon(tmp_path: Path, home: Path) -> Iterator[DaemonProcess]:
     """``nexusd serve`` with a Unix socket and HTTP on a free loopback port."""
-    sockets = Path(tempfile.mkdtemp(prefix="nx-"))
-    process = DaemonProcess(tmp_path / "data", sockets / "n.sock", tmp_path / "nexusd.log",
-                            "--durability", "memory", env=clean_environ(home),
-                            ws=False, http=True)
-    process.start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.kill()
-        shutil.rmtree(sockets, ignore_errors=True)
+    yield from http_daemon(tmp_path, home)
 
 
 class _Events:

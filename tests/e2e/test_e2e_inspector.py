@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ._procs import Cli, DaemonProcess, clean_environ
+from ._procs import Cli, DaemonProcess, clean_environ, http_daemon
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -43,17 +41,7 @@ def _need_chromium() -> None:
 @pytest.fixture
 def daemon(tmp_path: Path, home: Path) -> Iterator[DaemonProcess]:
     """``nexusd serve`` with a Unix socket and HTTP on a free loopback port."""
-    sockets = Path(tempfile.mkdtemp(prefix="nx-"))
-    process = DaemonProcess(tmp_path / "data", sockets / "n.sock", tmp_path / "nexusd.log",
-                            "--durability", "memory", env=clean_environ(home),
-                            ws=False, http=True)
-    process.start()
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.kill()
-        shutil.rmtree(sockets, ignore_errors=True)
+    yield from http_daemon(tmp_path, home)
 
 
 def _create(base: str) -> tuple[str, str]:
