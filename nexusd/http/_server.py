@@ -15,7 +15,6 @@ The listener keeps each connection's socket by the client's address, and
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
 from .._limits import PeerLimits, peer_of_address
-from ..transports._common import accept_loop, bracket, in_use, run_alone
+from ..transports._common import accept_loop, bracket, listen_error, run_alone
 
 __all__ = ["HttpListener", "HttpListenerStatistics"]
 
@@ -97,11 +96,7 @@ class HttpListener:
         try:
             listeners: list[Any] = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
-            address = f"{bracket(host)}:{port}"
-            if exc.errno == errno.EADDRINUSE:
-                raise OSError(exc.errno, in_use(address)) from None
-            raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
-                          ) from None
+            raise listen_error(exc, host, port) from None
         self.port = listeners[0].socket.getsockname()[1]
         app: Any = make_app(self.port)
         self._app = wrap_app(app, self._config.wsgi_max_body_size, "asgi")

@@ -25,7 +25,8 @@ import trio
 from nexus_protocol import Error, ErrorCode, encode_body
 from wsproto.utilities import RemoteProtocolError as WebSocketProtocolError
 
-__all__ = ["Handler", "accept_loop", "bracket", "busy_body", "in_use", "run_alone"]
+__all__ = ["Handler", "accept_loop", "bracket", "busy_body", "in_use", "listen_error",
+           "run_alone"]
 
 log = logging.getLogger("nexusd.transport")
 
@@ -56,6 +57,15 @@ def in_use(address: str) -> str:
 
 def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def listen_error(exc: OSError, host: str, port: int) -> OSError:
+    """What to raise when a listener cannot bind `host`:`port`: the address
+    named, and an address in use said so."""
+    address = f"{bracket(host)}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return OSError(exc.errno, in_use(address))
+    return OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}")
 
 
 def busy_body() -> bytes:

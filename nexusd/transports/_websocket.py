@@ -17,7 +17,6 @@ no descriptor to write to, and the writer task sends everything.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -48,7 +47,7 @@ from wsproto.utilities import RemoteProtocolError as HandshakeError
 
 from .._limits import Peer, PeerLimits, peer_of_address
 from .._origins import check_browser
-from ._common import Handler, accept_loop, bracket, in_use, run_alone
+from ._common import Handler, accept_loop, bracket, listen_error, run_alone
 
 __all__ = ["SUBPROTOCOLS", "WebSocketSettings", "WebSocketTransport", "serve_ws"]
 
@@ -440,11 +439,7 @@ async def serve_ws(handler: Handler, host: str, port: int, settings: WebSocketSe
             listeners += await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host,
                                                                 https_compatible=True)
     except OSError as exc:
-        address = f"{bracket(host)}:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(exc.errno, in_use(address)) from None
-        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}"
-                      ) from None
+        raise listen_error(exc, host, port) from None
 
     async def connection(stream: trio.abc.Stream) -> None:
         peer, remote = _ws_peer(stream)
