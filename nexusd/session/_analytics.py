@@ -33,10 +33,9 @@ from ._state import (
     add_run,
     add_switch,
     count_label,
+    count_tracked,
     ended_run,
     percentile,
-    tracked_run,
-    tracked_switch,
 )
 
 __all__ = ["ChannelAnalytics"]
@@ -75,13 +74,7 @@ class ChannelAnalytics:
             if value["success"]:
                 count_label(self.switches_to, value["to_channel"])
         elif op == "track":
-            count_label(self.tracked, value["event_type"])
-            run = tracked_run(value)
-            if run is not None:
-                add_run(self.workflows, run[0], run[1], True)
-            to = tracked_switch(value)
-            if to is not None:
-                count_label(self.switches_to, to)
+            count_tracked(value, self.tracked, self.workflows, self.switches_to)
         elif op == "run":
             ended = ended_run(value)
             if ended is not None:

@@ -123,6 +123,20 @@ def tracked_switch(value: dict[str, Any]) -> str | None:
     return to if isinstance(to, str) else None
 
 
+def count_tracked(value: dict[str, Any], tracked: dict[str, int],
+                  workflows: dict[str, dict[str, Any]], switched_to: dict[str, int]) -> None:
+    """Counts a tracked event (the value of a `track` change) into the
+    aggregates it feeds: by its type, and as a workflow run or a channel
+    switch when it records one as the guide does."""
+    count_label(tracked, value["event_type"])
+    run = tracked_run(value)
+    if run is not None:
+        add_run(workflows, run[0], run[1], True)
+    to = tracked_switch(value)
+    if to is not None:
+        count_label(switched_to, to)
+
+
 @attrs.define
 class Entry:
     value: Any
@@ -282,13 +296,7 @@ class SessionState:
                                 "updated_at": ts}
                 count_label(self.switched_to, value["to_channel"])
         elif op == "track":
-            count_label(self.tracked, value["event_type"])
-            run = tracked_run(value)
-            if run is not None:
-                add_run(self.workflows, run[0], run[1], True)
-            to = tracked_switch(value)
-            if to is not None:
-                count_label(self.switched_to, to)
+            count_tracked(value, self.tracked, self.workflows, self.switched_to)
             window = int(ts // TRACK_WINDOW)
             if window != self.track_window:
                 self.track_window, self.track_count = window, 0
