@@ -453,3 +453,17 @@ def test_credential_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     path.write_text("not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         store.get("s9")
+
+
+def test_prune_forgets_expired_tokens_only(tmp_path: Path) -> None:
+    # What `Nexus.cleanup_expired_sessions` does. A file another process
+    # wrote: its expired entry was never pruned by a write.
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps({"sessions": {
+        "gone": {"token": "t0", "expires_at": 1.0},
+        "live": {"token": "t1", "expires_at": 4e9},
+        "open": {"token": "t2", "expires_at": None}}}))
+    store = nc.CredentialStore(path)
+    assert store.prune() == 1
+    assert nc.CredentialStore(path).all() == {"live": "t1", "open": "t2"}
+    assert store.prune() == 0
