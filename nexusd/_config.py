@@ -91,6 +91,23 @@ class Config:
                   "help": "when a write is acknowledged: process (in the OS: survives "
                           "kill -9 of the daemon), power (fsync'd: survives power loss), "
                           "memory (nothing on disk)"})
+    engine: str | None = attrs.field(
+        default=None, repr=False,
+        metadata={"help": "where sessions live: off (the embedded store in DATA) or a Redis "
+                          "URL, redis://[:PASSWORD@]HOST:PORT/DB or rediss://, shared by "
+                          "several daemons (README \"Scale out\")"})
+    engine_prefix: str = attrs.field(
+        default="nexus",
+        metadata={"help": "with --engine redis: the prefix of every key the daemons keep in "
+                          "Redis (clusters sharing one Redis need one each)"})
+    lease: float = attrs.field(
+        default=1.5, converter=_duration,
+        metadata={"help": "with --engine redis: how long a daemon that stops renewing its "
+                          "lease (it died) keeps its sessions before another takes them over"})
+    forward_timeout: float = attrs.field(
+        default=10.0, converter=_duration,
+        metadata={"help": "with --engine redis: how long a request forwarded to the daemon "
+                          "that owns its session waits for the answer before `unavailable`"})
     admin_key: str | None = attrs.field(
         default=None, repr=False,
         metadata={"help": "WebSocket and HTTP admin credential "
@@ -326,6 +343,15 @@ class Config:
                               "fractions in (0, 1] and [0, 1]")
         if self.analytics_save_every <= 0:
             raise ConfigError("analytics_save_every must be above 0")
+        if self.lease <= 0 or self.forward_timeout <= 0:
+            raise ConfigError("lease and forward_timeout must be above 0")
+        if self.engine is not None and not self.engine.startswith(
+                ("redis://", "rediss://", "unix://")):
+            scheme = self.engine.partition("://")[0] if "://" in self.engine else ""
+            # Only the scheme: the rest may hold a password.
+            raise ConfigError("engine must be off or a Redis URL (redis://HOST:PORT/DB, "
+                              "rediss://…, unix://PATH), not "
+                              + (f"{scheme}://…" if scheme else "that"))
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be above 0")
         if self.ws is not None:
@@ -373,7 +399,7 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 def _coerce(name: str, value: Any) -> Any:
     """A file, environment or flag value as the field holds it."""
     kind = str(FIELDS[name].type)
-    if name in ("socket", "ws", "http") and str(value).lower() == "off":
+    if name in ("socket", "ws", "http", "engine") and str(value).lower() == "off":
         return None
     if kind in ("Path", "Path | None") and value is not None:
         return Path(os.path.expanduser(str(value)))

@@ -37,12 +37,14 @@ from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._version import __version__
+from .cluster import ClusterNode, open_cluster
 from .http import HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
 from .session._insights import InsightSettings
 from .store import KeyManagement, KeyRingError, Store, StoreError, open_store
+from .store._crypto import load_keyring
 from .transports._handler import ConnectionHandler, ConnectionSettings, Transport
 from .transports._outbox import Flusher
 from .transports._unix import open_unix_listener, serve_unix
@@ -117,6 +119,7 @@ class Daemon:
                              max_depth=config.max_depth, max_patch=config.max_patch)
         self.server_name = f"nexusd/{__version__}"
         self.store: Store = store  # type: ignore[assignment]
+        self.cluster: ClusterNode | None = None
         self.connections: dict[str, ConnectionHandler] = {}
         self._connections_by_kind: Counter[str] = Counter()  # stats reads it; never sums
         self.flusher = Flusher()
@@ -194,6 +197,14 @@ class Daemon:
             self.create_key = read_or_create_admin_key(config.data, "create.key")
         self._bound_connections()
         clock = self.clock = WallClock(self.wall)
+        if self.store is None and config.engine is not None:
+            config.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            cluster = self.cluster = await open_cluster(
+                config.engine, prefix=config.engine_prefix, durability=config.durability,
+                ring=load_keyring(config.data),
+                retention=config.retention, lease=config.lease, limits=self.limits,
+                forward_timeout=config.forward_timeout, queue_bytes=config.queue_bytes)
+            self.store = cluster.store
         if self.store is None:
             # The store reads its clock in its writer thread, where trio's clock
             # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
@@ -232,8 +243,10 @@ class Daemon:
                                              hibernate_after=config.hibernate_after),
                     schedule=deadlines.schedule, nursery=actors,
                     stored=await self.store.count(),
-                    observe_flush=self.metrics.observe_flush)
-                self.reaper = Reaper(deadlines, self.registry, self.store, clock)
+                    observe_flush=self.metrics.observe_flush, cluster=self.cluster)
+                cluster = self.cluster
+                self.reaper = Reaper(deadlines, self.registry, self.store, clock,
+                                     dormant=None if cluster is None else lambda: cluster.reaper)
                 self.service = SessionService(registry=self.registry, store=self.store,
                                               analytics=self.analytics, stats=self.stats,
                                               busy_timeout=config.busy_timeout,
@@ -242,6 +255,8 @@ class Daemon:
                                               workflows=self._workflows)
                 async with trio.open_nursery() as services:
                     self._services = services
+                    if cluster is not None:
+                        await services.start(cluster.run, self.service)
                     await services.start(self.reaper.run)
                     assert self.service.workflows is not None
                     await services.start(self.service.workflows.run)
@@ -256,6 +271,8 @@ class Daemon:
                     async with trio.open_nursery() as connections:
                         async with trio.open_nursery() as listeners:
                             await self._listen(listeners, connections)
+                            if cluster is not None:
+                                cluster.set_endpoints(self._endpoints())
                             task_status.started(self)
                             await self._stop.wait()
                             log.info("shutting down: %d connections, %d active sessions",
@@ -268,6 +285,8 @@ class Daemon:
             # After the last commit: a clean restart gives the same figures.
             with trio.move_on_after(10, shield=True):
                 await self.analytics.save(self.store)
+            if self.cluster is not None:
+                await self.cluster.leave()
         finally:
             with trio.move_on_after(30, shield=True):
                 await self.store.aclose()
@@ -407,6 +426,19 @@ class Daemon:
             await self._services.start(self.http.mcp.run)
         log.info("listening on %s://%s:%d/", listener.scheme, _bracket(host), self.http_port)
 
+    def _endpoints(self) -> dict[str, Any]:
+        """Where this daemon listens, as its cluster lease tells the others."""
+        ws = http = None
+        if self.config.ws is not None and self.ws_port is not None:
+            scheme = "wss" if self.config.tls_cert else "ws"
+            ws = f"{scheme}://{_bracket(ws_address(self.config.ws)[0])}:{self.ws_port}/"
+        if self.config.http is not None and self.http_port is not None:
+            scheme = "https" if self.config.tls_cert else "http"
+            http = (f"{scheme}://{_bracket(ws_address(self.config.http, 'http')[0])}:"
+                    f"{self.http_port}/")
+        return {"pid": os.getpid(), "unix": str(self.socket_path) if self.socket_path else None,
+                "ws": ws, "http": http}
+
     async def _drain_connections(self) -> None:
         for handler in list(self.connections.values()):
             handler.shutdown("the daemon is shutting down")
@@ -470,6 +502,7 @@ class Daemon:
             "listening": {"unix": str(self.socket_path) if self.socket_path else None,
                           "ws_port": self.ws_port, "http_port": self.http_port},
             "store": attrs.asdict(store_statistics()) if store_statistics else None,
+            "cluster": self.cluster.statistics() if self.cluster is not None else None,
         }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections.abc import Callable
 from typing import Final, Literal, Protocol
 
 import attrs
@@ -36,6 +37,9 @@ log = logging.getLogger("nexusd.reaper")
 #: seconds: how late an expiry can be after the wall clock steps forward
 #: (NTP, a resumed laptop). Each look costs one clock read, no store query.
 WALL_RECHECK: Final = 1.0
+#: How often a daemon that does not look for dormant sessions (another daemon
+#: of its cluster does) checks whether that is still so.
+DORMANT_RECHECK: Final = 1.0
 
 
 @attrs.frozen
@@ -81,7 +85,12 @@ class Deadlines:
 
 class Reaper:
     def __init__(self, deadlines: Deadlines, sessions: Sessions, store: Store,
-                 clock: WallClock, *, batch: int = 256) -> None:
+                 clock: WallClock, *, batch: int = 256,
+                 dormant: Callable[[], bool] | None = None) -> None:
+        """`dormant()` says whether this daemon looks for dormant sessions
+        past their deadline in the store (in a cluster, one daemon at a time
+        does); by default it always does."""
+        self.dormant = dormant
         self.deadlines = deadlines
         self.sessions = sessions
         self.store = store
@@ -101,8 +110,11 @@ class Reaper:
             self._wakeups += 1
             now = self.clock.now() + EPSILON
             self._reap_active(now)
-            stalled = await self._reap_dormant(now)
-            stored = await self.store.next_deadline()
+            if self.dormant is None or self.dormant():
+                stalled = await self._reap_dormant(now)
+                stored = await self.store.next_deadline()
+            else:  # another daemon does; look again whether it still does
+                stalled, stored = False, now + DORMANT_RECHECK
             nxt = min(d.heap[0][0] if d.heap else math.inf,
                       math.inf if stored is None else stored)
             d.wake = trio.Event()

@@ -15,7 +15,7 @@ import logging
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import attrs
 import msgpack
@@ -37,11 +37,11 @@ from .session._actor import (
 )
 from .session._analytics import ChannelAnalytics
 from .session._commands import CommandLimits
-from .session._mailbox import MailItem, Quiet
+from .session._mailbox import Envelope, MailItem, Quiet
 from .session._state import SessionState
 from .store import IDLE_LAG, LoadedSession, SessionMeta, Store
 
-__all__ = ["Registry", "RegistryStatistics", "SessionPolicy"]
+__all__ = ["Cluster", "Registry", "RegistryStatistics", "SessionPolicy"]
 
 log = logging.getLogger("nexusd.registry")
 
@@ -61,6 +61,34 @@ LEAVING_FOR: Final = 1.0
 #: hibernator tells no more actors meanwhile, so that a write queued during a
 #: storm waits for about two commits, not for every session still to go.
 SAVING_MAX: Final = 512
+
+
+class Cluster(Protocol):
+    """What the registry needs of a cluster of daemons sharing one store: the
+    session's owner (one daemon at a time runs its actor), and forwarding to
+    it. Without one, every session is this daemon's."""
+
+    @property
+    def epoch(self) -> int:
+        """This daemon's epoch: what owns a session here."""
+
+    async def acquire(self, session_id: str) -> int | None:
+        """The epoch of the session's owner, made this daemon if no live one
+        holds it; None if there is no such session."""
+
+    async def release(self, session_id: str) -> None:
+        """The session's actor here has ended: another daemon may take it."""
+
+    def forward(self, owner: int, item: Envelope) -> None:
+        """Sends `item` to daemon `owner`, which answers into its sink."""
+
+    def disconnect(self, principal: Principal) -> None:
+        """The principal's channel is gone: the daemons that served it hear so."""
+
+
+class _Elsewhere(Exception):
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
 
 
 @attrs.frozen
@@ -107,8 +135,10 @@ class Registry:
                  policy: SessionPolicy, actor_config: ActorConfig,
                  schedule: Callable[[str, float], None], nursery: trio.Nursery,
                  stored: int = 0,
-                 observe_flush: Callable[[float, float], None] | None = None) -> None:
-        """`stored` is how many sessions the store holds at the start."""
+                 observe_flush: Callable[[float, float], None] | None = None,
+                 cluster: Cluster | None = None) -> None:
+        """`stored` is how many sessions the store holds at the start;
+        `cluster` makes this daemon one of several sharing the store."""
         self._store = store
         self._clock = clock
         self._policy = policy
@@ -122,6 +152,7 @@ class Registry:
                                resized=self._resized, observe_flush=observe_flush)
         self._bus = bus
         self._nursery = nursery
+        self._cluster = cluster
         self._actors: dict[str, SessionActor] = {}
         self._activating: dict[str, trio.Event] = {}
         self._tombstones: OrderedDict[str, str] = OrderedDict()
@@ -189,6 +220,16 @@ class Registry:
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
+
+    async def _gone_anywhere(self, session_id: str) -> RequestError:
+        """`_gone`, asking the store why the session ended if it ended on
+        another daemon."""
+        reason = self._tombstones.get(session_id)
+        if reason is None:
+            reason = await self._store.ended(session_id)
+            if reason is not None:
+                self._tombstones[session_id] = reason
+        return self._gone(session_id)
 
     def _gone(self, session_id: str) -> RequestError:
         reason = self._tombstones.get(session_id)
@@ -300,11 +341,31 @@ class Registry:
         return False
 
     async def _start(self, actor: SessionActor) -> None:
-        await self._nursery.start(actor.run)
+        await self._nursery.start(self._run, actor)
         self._actors[actor.session_id] = actor
         self._snapshot_bytes += actor.snapshot_bytes
         self._schedule(actor.session_id, actor.deadline)
         self._watch_quiet(actor, trio.current_time() + self._actor_config.hibernate_after)
+
+    async def _run(self, actor: SessionActor, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Runs `actor`; in a cluster, then lets another daemon take its
+        session (after its last snapshot, unless it is active here again)."""
+        await actor.run(task_status=task_status)
+        if self._cluster is None:
+            return
+        sid = actor.session_id
+        if sid in self._actors or sid in self._activating:
+            return
+        done = self._activating[sid] = trio.Event()
+        try:
+            with trio.move_on_after(5):
+                await self._cluster.release(sid)
+        except Exception as exc:  # its owner stays this daemon until it stops
+            log.warning("session %s: cannot release it to other daemons: %s", sid, exc)
+        finally:
+            del self._activating[sid]
+            done.set()
 
     def _watch_quiet(self, actor: SessionActor, due: float) -> None:
         # A weak reference: an actor that ended is not kept alive by its entry.
@@ -390,13 +451,19 @@ class Registry:
         if session_id in self._tombstones:
             # Ended: its store rows may still be on their way out.
             raise self._gone(session_id)
+        if self._cluster is not None:
+            owner = await self._cluster.acquire(session_id)
+            if owner is None:
+                raise await self._gone_anywhere(session_id)
+            if owner != self._cluster.epoch:
+                raise _Elsewhere(owner)
         loaded = await self._store.load(session_id)
         if loaded is None:
-            raise self._gone(session_id)
+            raise await self._gone_anywhere(session_id)
         state = _restore(loaded)
         reason = state.expiry_reason(self._clock.now())
         if reason is not None:
-            await self._store.delete(session_id)
+            await self._store.delete(session_id, reason=reason)
             self._tombstone(session_id, reason)
             raise self._gone(session_id)
         history = [(e.seq, e.payload) for e in (*loaded.history, *loaded.events)]
@@ -414,7 +481,12 @@ class Registry:
             RequestError: `not_found`, `expired`, or `busy`.
         """
         for _ in range(8):
-            actor = await self.actor_for(session_id)
+            try:
+                actor = await self.actor_for(session_id)
+            except _Elsewhere as elsewhere:
+                assert self._cluster is not None and type(item) is Envelope
+                self._cluster.forward(elsewhere.owner, item)
+                return
             try:
                 await actor.send(item, patience)
                 return
@@ -436,6 +508,9 @@ class Registry:
             return "active"
         done = self._activating[sid] = trio.Event()
         try:
+            if self._cluster is not None \
+                    and await self._cluster.acquire(sid) != self._cluster.epoch:
+                return "kept"  # gone, or active on another daemon: its actor decides
             loaded = await self._store.load(sid)
             if loaded is None:
                 return "kept"
@@ -445,14 +520,22 @@ class Registry:
                 # Its journal shows later activity than the stored deadline
                 # (the store refreshes that lazily): store the right one.
                 await self._store.append(meta_of(state, loaded.meta.tokens), [])
+                if self._cluster is not None:
+                    await self._cluster.release(sid)
                 return "kept"
-            await self._store.delete(sid)
+            await self._store.delete(sid, reason=reason)
             self._tombstone(sid, reason)
             log.info("session %s expired while dormant (%s)", sid, reason)
             return "expired"
         finally:
             del self._activating[sid]
             done.set()
+
+    def disconnect(self, principal: Principal) -> None:
+        """The principal's channel is gone: in a cluster, the daemons that
+        own sessions it used (its subscriptions there) hear so."""
+        if self._cluster is not None:
+            self._cluster.disconnect(principal)
 
     async def aclose(self) -> None:
         """Stops every actor: each finishes what its mailbox holds, writes its

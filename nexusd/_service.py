@@ -236,6 +236,7 @@ class SessionService:
                 if n % DETACH_PER_TURN == 0:
                     await trio.lowlevel.checkpoint()
         principal.subscriptions.clear()
+        self._registry.disconnect(principal)
         if self.workflows is not None:
             self.workflows.disconnect(principal)
 

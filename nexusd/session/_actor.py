@@ -593,7 +593,7 @@ class SessionActor:
         self._tombstone(self.session_id, reason)
         self._end(code, message)
         with trio.move_on_after(30, shield=True):
-            await self._store.delete(self.session_id)
+            await self._store.delete(self.session_id, reason=reason)
         log.info("session %s ended (%s)", self.session_id, reason)
 
 

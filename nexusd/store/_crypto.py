@@ -59,7 +59,9 @@ from typing import Any, Final
 
 import attrs
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "ENV_VAR",
@@ -278,6 +280,21 @@ class KeyRing:
     def cipher(self, session_id: str, key_id: str, wrapped: bytes) -> SessionCipher:
         """The cipher of a session, from its wrapped data key."""
         return SessionCipher(session_id, self.unwrap(session_id, key_id, wrapped))
+
+    def derive(self, purpose: str, key_id: str | None = None) -> tuple[str, bytes]:
+        """`(key id, key)`: a key for `purpose` derived from master key `key_id`
+        (the current one by default), the same in every process holding the ring.
+
+        Raises:
+            KeyRingError: the ring has no key `key_id`.
+        """
+        key_id = self.current if key_id is None else key_id
+        master = self._by_id.get(key_id)
+        if master is None:
+            raise KeyRingError(f"there is no master key {key_id!r}")
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=_KEY_SIZE, salt=None,
+                    info=b"nexusd/derive/v1\0" + purpose.encode())
+        return key_id, hkdf.derive(master.key)
 
     # -- key check values --------------------------------------------------
 

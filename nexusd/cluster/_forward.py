@@ -1,0 +1,378 @@
+"""Forwarding: a request for a session another daemon owns is served there.
+
+Both ends live in every daemon. The *forwarding* end (the daemon the client
+reached) sends each request, with what the owner needs to know of its
+principal, to the owner over the link and remembers where its reply goes
+(`_Forwarded`, by a forward id). The *owning* end serves it through its
+session service as the request of a principal of its own (one per client of
+the other daemon, `_remote`), whose sink (`_RemoteSink`) sends the reply, and
+for a subscription every event after it, back over the link.
+
+The owner serves one client's requests in the order they were sent (one
+queue per remote client), as a connection's own requests are.
+
+Failures end cleanly, never silently:
+- the owner's lease lapses (it died) or the link to it fails: each request
+  waiting for it is answered `unavailable` (retry: the next attempt takes the
+  session over) and each subscription through it is told `lagged` with the
+  last `seq` it received, from which the client resumes, on whichever daemon
+  then owns the session;
+- a forwarding daemon goes away: the owner disconnects its clients;
+- a subscriber that cannot keep up here is told `lagged` here, and the owner
+  stops sending it events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+import msgpack
+import trio
+from nexus_protocol import (
+    Attach,
+    Attached,
+    Error,
+    ErrorCode,
+    Lagged,
+    Limits,
+    Message,
+    SessionRequest,
+    decode_body,
+    encode_body,
+)
+
+from .._limits import Peer
+from .._principal import Principal, ReplySink
+from ..session._mailbox import Envelope
+from ._link import Link
+
+__all__ = ["Forwarder", "Service"]
+
+log = logging.getLogger("nexusd.cluster")
+
+# Frame kinds. A frame is a list: its kind, then its fields.
+#: forwarding -> owner: [REQ, fid, connection id, principal, request body]
+REQ: Final = 0
+#: owner -> forwarding: [REP, fid, reply body, scope the principal holds or None]
+REP: Final = 1
+#: owner -> forwarding: [EVT, fid, event body, live (else part of the reply)]
+EVT: Final = 2
+#: forwarding -> owner: [BYE, connection id]: the client is gone
+BYE: Final = 3
+#: forwarding -> owner: [DROP, fid]: send that subscription nothing more
+DROP: Final = 4
+
+
+class Service:
+    """What forwarding needs of the session service (typing only)."""
+
+    async def submit(self, principal: Principal, request: Message, sink: ReplySink) -> None:
+        raise NotImplementedError
+
+    async def disconnect(self, principal: Principal) -> None:
+        raise NotImplementedError
+
+
+@attrs.define(eq=False)
+class _Forwarded:
+    """A request sent to its session's owner, and where its answer goes."""
+
+    sink: ReplySink
+    principal: Principal
+    owner: int
+    session_id: str
+    request_id: int | None
+    attach: bool
+    sent: float
+    answered: bool = False
+    seq: int = 0  # the session's seq when attached
+    last: bytes | None = None  # the last live event delivered
+
+
+class _RemoteSink:
+    """Where the owner's actor answers a forwarded request: over the link."""
+
+    __slots__ = ("_fwd", "answered", "dead", "fid", "key", "session_id", "to")
+
+    def __init__(self, fwd: Forwarder, to: int, fid: int, key: tuple[int, str],
+                 session_id: str) -> None:
+        self._fwd = fwd
+        self.to = to
+        self.fid = fid
+        self.key = key
+        self.session_id = session_id
+        self.answered = False
+        self.dead = False
+
+    @property
+    def closed(self) -> bool:
+        return self.dead
+
+    def reply(self, message: Message) -> None:
+        fwd = self._fwd
+        remote = fwd._remote.get(self.key)
+        scope = remote.grants.get(self.session_id) if remote is not None else None
+        fwd._link.send(self.to, [REP, self.fid, encode_body(message), scope])
+        if not self.answered:
+            self.answered = True
+            if type(message) is Attached:
+                fwd._sinks[(self.to, self.fid)] = self
+            fwd._answered(self.key)
+
+    def reply_event(self, body: bytes) -> None:
+        self._fwd._link.send(self.to, [EVT, self.fid, body, False], len(body))
+
+    def push_event(self, body: bytes) -> bool:
+        fwd = self._fwd
+        if self.dead or fwd._link.backlog(self.to) > fwd.queue_bytes:
+            return False
+        fwd._link.send(self.to, [EVT, self.fid, body, True], len(body))
+        return True
+
+
+class Forwarder:
+    """Both ends of forwarding for one daemon; see the module's docstring.
+
+    `timeout` bounds how long a forwarded request waits for its answer;
+    `queue_bytes` how much may wait to be sent to one daemon before the
+    subscriptions it serves count as lagging; `retry_after` is what a client
+    is told to wait when the owner went away (about one lease).
+    """
+
+    def __init__(self, link: Link, *, limits: Limits, timeout: float, queue_bytes: int,
+                 retry_after: float) -> None:
+        self._link = link
+        self._limits = limits
+        self.timeout = timeout
+        self.queue_bytes = queue_bytes
+        self.retry_after = retry_after
+        self._service: Service | None = None
+        self._nursery: trio.Nursery | None = None
+        self._ids = itertools.count(1)
+        # The forwarding end: forward id -> request; client -> its forward ids.
+        self._out: dict[int, _Forwarded] = {}
+        self._by_client: dict[str, set[int]] = {}
+        # The owning end: (daemon, client) -> principal, and its queue of
+        # requests with the number of them not answered yet.
+        self._remote: dict[tuple[int, str], Principal] = {}
+        self._queues: dict[tuple[int, str], deque[tuple[Message, _RemoteSink]]] = {}
+        self._unanswered: dict[tuple[int, str], int] = {}
+        self._sinks: dict[tuple[int, int], _RemoteSink] = {}
+        self.forwarded = self.served = self.failed = 0
+
+    def peers(self) -> Iterable[int]:
+        """The daemons this one deals with: whose leases to watch."""
+        return {f.owner for f in self._out.values()} | {key[0] for key in self._remote}
+
+    def statistics(self) -> dict[str, int]:
+        return {"forwarded": self.forwarded, "served_for_others": self.served,
+                "failed": self.failed, "waiting": len(self._out),
+                "remote_clients": len(self._remote)}
+
+    async def run(self, service: Service, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves forwarded requests through `service` until cancelled, and
+        answers `unavailable` to forwarded requests that wait too long."""
+        self._service = service
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(min(1.0, self.timeout))
+                self._expire_waiting(trio.current_time() - self.timeout)
+
+    # ------------------------------------------------------ forwarding end
+
+    def forward(self, owner: int, env: Envelope) -> None:
+        """Sends `env`'s request to daemon `owner`; its reply (and, for an
+        attach, its events) will reach `env.sink`."""
+        request = env.request
+        assert isinstance(request, SessionRequest)
+        principal = env.principal
+        fid = next(self._ids)
+        sid = request.session_id
+        self._out[fid] = _Forwarded(env.sink, principal, owner, sid, request.id,
+                                    type(request) is Attach, trio.current_time())
+        self._by_client.setdefault(principal.connection_id, set()).add(fid)
+        peer = principal.peer
+        about = [principal.channel, principal.client, principal.admin, peer.name,
+                 peer.network, peer.loopback, principal.may_create, principal.grants.get(sid)]
+        body = encode_body(request)
+        self._link.send(owner, [REQ, fid, principal.connection_id, about, body], len(body))
+        self.forwarded += 1
+
+    def disconnect(self, principal: Principal) -> None:
+        """The client is gone: its owners are told, its subscriptions end."""
+        fids = self._by_client.pop(principal.connection_id, None)
+        if not fids:
+            return
+        owners = set()
+        for fid in fids:
+            f = self._out.pop(fid, None)
+            if f is not None:
+                owners.add(f.owner)
+        for owner in owners:
+            self._link.send(owner, [BYE, principal.connection_id])
+
+    def _drop(self, fid: int) -> _Forwarded | None:
+        f = self._out.pop(fid, None)
+        if f is not None:
+            fids = self._by_client.get(f.principal.connection_id)
+            if fids is not None:
+                fids.discard(fid)
+                if not fids:
+                    del self._by_client[f.principal.connection_id]
+        return f
+
+    def _replied(self, fid: int, body: bytes, scope: str | None) -> None:
+        f = self._out.get(fid)
+        if f is None:
+            return
+        message = decode_body(body, self._limits)
+        if scope is not None:
+            f.principal.remember(f.session_id, scope)
+        if not f.answered:
+            f.answered = True
+            if f.attach and type(message) is Attached:
+                f.seq = message.seq
+            else:
+                self._drop(fid)
+        elif type(message) is Lagged:
+            self._drop(fid)
+        f.sink.reply(message)
+
+    def _event(self, sender: int, fid: int, body: bytes, live: bool) -> None:
+        f = self._out.get(fid)
+        if f is None:
+            if live:
+                self._link.send(sender, [DROP, fid])
+            return
+        if not live:
+            f.sink.reply_event(body)
+            return
+        push = getattr(f.sink, "push_event", None)
+        if push is not None and push(body):
+            f.last = body
+            return
+        # Lagging here: the client resumes from the last change it was sent.
+        self._drop(fid)
+        self._link.send(sender, [DROP, fid])
+        f.sink.reply(Lagged(session_id=f.session_id, seq=self._resume_seq(f)))
+
+    def _resume_seq(self, f: _Forwarded) -> int:
+        """The seq of the last change `f`'s client received (resuming from an
+        earlier one is safe: it drops what it has)."""
+        if f.last is not None:
+            seq = msgpack.unpackb(f.last).get("seq")
+            if isinstance(seq, int):
+                return seq
+        return f.seq
+
+    def owner_gone(self, owner: int) -> None:
+        """Daemon `owner` is gone: what waits for it ends (see the module)."""
+        for fid in [fid for fid, f in self._out.items() if f.owner == owner]:
+            self._fail(fid, f"the daemon that had session {self._out[fid].session_id} "
+                            "stopped; retry")
+        for key in [key for key in self._remote if key[0] == owner]:
+            self._bye(key)
+
+    def reset(self) -> None:
+        """This daemon's link was cut: anything may have been lost."""
+        for fid in list(self._out):
+            self._fail(fid, "the link to the session's daemon was cut; retry")
+
+    def _fail(self, fid: int, message: str) -> None:
+        f = self._drop(fid)
+        if f is None:
+            return
+        self.failed += 1
+        if f.attach and f.answered:
+            f.sink.reply(Lagged(session_id=f.session_id, seq=self._resume_seq(f)))
+        else:
+            f.sink.reply(Error(id=f.request_id, code=ErrorCode.UNAVAILABLE.value,
+                               message=message, retry_after=self.retry_after))
+
+    def _expire_waiting(self, before: float) -> None:
+        for fid in [fid for fid, f in self._out.items() if not f.answered and f.sent < before]:
+            self._fail(fid, f"session {self._out[fid].session_id}: its daemon did not "
+                            f"answer within {self.timeout:g} s; retry")
+
+    # --------------------------------------------------------- owning end
+
+    def deliver(self, sender: int, frame: list[Any]) -> None:
+        """A frame from daemon `sender` (the link's `deliver`)."""
+        kind = frame[0]
+        if kind == EVT:
+            self._event(sender, frame[1], frame[2], frame[3])
+        elif kind == REP:
+            self._replied(frame[1], frame[2], frame[3])
+        elif kind == REQ:
+            self._request(sender, frame[1], frame[2], frame[3], frame[4])
+        elif kind == BYE:
+            self._bye((sender, frame[1]))
+        elif kind == DROP:
+            sink = self._sinks.pop((sender, frame[1]), None)
+            if sink is not None:
+                sink.dead = True
+
+    def _request(self, sender: int, fid: int, client: str, about: list[Any],
+                 body: bytes) -> None:
+        key = (sender, client)
+        request = decode_body(body, self._limits)
+        assert isinstance(request, SessionRequest)
+        principal = self._remote.get(key)
+        if principal is None:
+            channel, name, admin, peer, network, loopback, may_create, _ = about
+            principal = self._remote[key] = Principal(
+                f"{client}@{sender}", channel, name, admin,
+                peer=Peer(peer, network, loopback), may_create=may_create)
+        scope = about[7]
+        if scope is not None and request.session_id not in principal.grants:
+            principal.remember(request.session_id, scope)
+        self._unanswered[key] = self._unanswered.get(key, 0) + 1
+        sink = _RemoteSink(self, sender, fid, key, request.session_id)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = deque()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._serve, key, queue)
+        queue.append((request, sink))
+
+    async def _serve(self, key: tuple[int, str], queue: deque[tuple[Message, _RemoteSink]]
+                     ) -> None:
+        """Submits one remote client's requests in order, then ends."""
+        assert self._service is not None
+        try:
+            while queue:
+                request, sink = queue.popleft()
+                principal = self._remote.get(key)
+                if principal is None:  # the client left meanwhile
+                    continue
+                self.served += 1
+                await self._service.submit(principal, request, sink)
+        finally:
+            del self._queues[key]
+
+    def _answered(self, key: tuple[int, str]) -> None:
+        left = self._unanswered.get(key, 1) - 1
+        if left > 0:
+            self._unanswered[key] = left
+            return
+        self._unanswered.pop(key, None)
+        principal = self._remote.get(key)
+        if principal is not None and not principal.subscriptions and key not in self._queues:
+            del self._remote[key]  # nothing of it left here
+
+    def _bye(self, key: tuple[int, str]) -> None:
+        principal = self._remote.pop(key, None)
+        self._unanswered.pop(key, None)
+        for sink_key in [k for k, sink in self._sinks.items() if sink.key == key]:
+            self._sinks.pop(sink_key).dead = True
+        if principal is not None and principal.subscriptions and self._nursery is not None \
+                and self._service is not None:
+            self._nursery.start_soon(self._service.disconnect, principal)

@@ -1,0 +1,160 @@
+"""This daemon as one of several sharing a Redis engine.
+
+The node joins the cluster (its epoch and lease: `Membership`), links to the
+other daemons (`Link`) and forwards requests for sessions another daemon owns
+(`Forwarder`); the registry asks it who owns a session (`acquire`) and hands
+it what must be forwarded. See README "Scale out".
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import trio
+from nexus_protocol import Limits
+
+from .._principal import Principal
+from ..session._mailbox import Envelope
+from ..store import KeyRing, RedisStore, StoreError, open_redis_store
+from ._forward import Forwarder, Service
+from ._link import Link, LinkSeal
+from ._membership import Membership
+
+__all__ = ["ClusterNode", "open_cluster"]
+
+log = logging.getLogger("nexusd.cluster")
+
+#: Check values of the master keys the cluster's data is sealed under: a
+#: daemon whose ring lacks them would seal what the others cannot open.
+_KEYS_FIELD: Final = "keys"
+
+
+class ClusterNode:
+    """See the module's docstring. `lease` is how long a daemon that stops
+    renewing keeps its sessions; `forward_timeout` how long a forwarded
+    request waits for its owner; `queue_bytes` how much may wait to be sent
+    to one daemon."""
+
+    def __init__(self, store: RedisStore, ring: KeyRing, *, lease: float, limits: Limits,
+                 forward_timeout: float, queue_bytes: int,
+                 endpoints: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self._epoch = store.epoch
+        self.lease = lease
+        self.link = Link(store.client, store.prefix, store.epoch, LinkSeal(ring),
+                         deliver=self._deliver, gone=self._gone, reset=self._reset)
+        self.forwarder = Forwarder(self.link, limits=limits, timeout=forward_timeout,
+                                   queue_bytes=queue_bytes, retry_after=lease)
+        self.membership = Membership(store.client, store.prefix, store.epoch, lease=lease,
+                                     endpoints=endpoints or {}, peers=self.forwarder.peers,
+                                     gone=self._gone)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_endpoints(self, endpoints: dict[str, Any]) -> None:
+        """Where this daemon listens, as its lease tells the others."""
+        self.membership.endpoints = endpoints
+
+    # -------------------------------------------------- the registry's side
+
+    async def acquire(self, session_id: str) -> int | None:
+        return await self.store.acquire(session_id)
+
+    async def release(self, session_id: str) -> None:
+        await self.store.release(session_id)
+
+    def forward(self, owner: int, item: Envelope) -> None:
+        self.forwarder.forward(owner, item)
+
+    def disconnect(self, principal: Principal) -> None:
+        self.forwarder.disconnect(principal)
+
+    # ----------------------------------------------------------- the rest
+
+    def _deliver(self, sender: int, frame: list[Any]) -> None:
+        self.forwarder.deliver(sender, frame)
+
+    def _gone(self, epoch: int) -> None:
+        self.forwarder.owner_gone(epoch)
+
+    def _reset(self) -> None:
+        self.forwarder.reset()
+
+    @property
+    def reaper(self) -> bool:
+        """Whether this daemon looks for dormant sessions past their deadline
+        (one daemon of the cluster at a time)."""
+        return self.membership.reaper
+
+    async def run(self, service: Service, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Joins, links and forwards until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.membership.run)
+            await nursery.start(self.link.run)
+            await nursery.start(self.forwarder.run, service)
+            log.info("cluster: joined as daemon %d (lease %g s)", self._epoch, self.lease)
+            task_status.started()
+
+    async def leave(self) -> None:
+        """Gives up this daemon's lease: the others take its sessions at once."""
+        try:
+            with trio.move_on_after(5, shield=True):
+                await self.membership.leave()
+        except Exception as exc:
+            log.warning("cluster: cannot give up the lease (it lapses by itself): %s", exc)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "reaper": self.reaper, "lease_seconds": self.lease,
+                **self.forwarder.statistics(), "link": self.link.statistics.as_dict()}
+
+
+async def check_key_ring(store: RedisStore, ring: KeyRing) -> None:
+    """Refuses a key ring that is not the cluster's, and records its keys.
+
+    Raises:
+        StoreError: data in Redis was sealed under master keys this ring
+            does not hold.
+    """
+    key = f"{store.prefix}:{_KEYS_FIELD}"
+    stored: dict[bytes, bytes] = await store.client.hgetall(key)
+    known = {kid.decode(): value for kid, value in stored.items()}
+    missing = [kid for kid in known if kid not in ring]
+    wrong = [kid for kid, value in known.items()
+             if kid in ring and not ring.verify_check_value(kid, value)]
+    if wrong or (known and len(missing) == len(known)):
+        raise StoreError(
+            "this daemon's key ring is not the one the other daemons seal sessions with "
+            f"(Redis holds data under master keys {', '.join(sorted(known))}); give every "
+            "daemon the same ring: copy DATA/keys.json, or set $NEXUSD_MASTER_KEYS")
+    if missing:
+        log.warning("cluster: the key ring lacks master keys %s that other daemons "
+                    "used; sessions sealed under them cannot be read here",
+                    ", ".join(sorted(missing)))
+    for kid in ring.ids:
+        if kid not in known:
+            await store.client.hsetnx(key, kid, ring.check_value(kid))
+
+
+async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
+                       retention: int, lease: float, limits: Limits, forward_timeout: float,
+                       queue_bytes: int) -> ClusterNode:
+    """Opens the Redis engine at `url` and makes this daemon a node of its
+    cluster (not yet joined: `run` does).
+
+    Raises:
+        StoreError: Redis cannot be used (see `open_redis_store`), or the key
+            ring is not the cluster's.
+    """
+    store = await open_redis_store(url, durability=durability, keyring=ring,
+                                   retention_events=retention, prefix=prefix)
+    try:
+        await check_key_ring(store, ring)
+    except BaseException:
+        await store.aclose()
+        raise
+    return ClusterNode(store, ring, lease=lease, limits=limits,
+                       forward_timeout=forward_timeout, queue_bytes=queue_bytes)
