@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis_server import RedisServer, redis_server_binary
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -22,3 +25,27 @@ def socket_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="nx-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One `redis-server` (Redis 7, AOF on, fsync every second) for the whole
+    run; tests keep apart by key prefix (`redis_prefix`), never by FLUSHDB.
+    Skipped where redis-server is not installed, except in CI (`$CI` set),
+    where the Redis engine's tests must run."""
+    if redis_server_binary() is None:
+        reason = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, and $CI is set: the Redis engine's tests must run")
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test of this run uses."""
+    return f"t{os.getpid()}-{next(_prefixes)}"

@@ -181,8 +181,15 @@ class Store(Protocol):
             StoreError: the store holds a later snapshot; nothing is changed.
         """
 
-    async def delete(self, session_id: str) -> None:
-        """Removes the session and makes its data unrecoverable."""
+    async def delete(self, session_id: str, *, reason: str | None = None) -> None:
+        """Removes the session and makes its data unrecoverable. A store that
+        keeps tombstones notes `reason` ("ttl", "idle", "deleted", ...) for
+        `ended`; the others ignore it."""
+
+    async def ended(self, session_id: str) -> str | None:
+        """Why a recently removed session ended (the `reason` given to
+        `delete`), or None if unknown: always None for a store that keeps
+        no tombstones."""
 
     async def due(self, now: float, limit: int) -> list[SessionMeta]:
         """Up to `limit` sessions whose deadline is at or before `now`,

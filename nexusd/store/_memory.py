@@ -83,13 +83,17 @@ class MemoryStore:
         self._index(meta, r.meta)
         r.meta = meta
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, *, reason: str | None = None) -> None:
         r = self._records.pop(session_id, None)
         if r is None:
             return
         i = bisect.bisect_left(self._deadlines, (r.meta.deadline, session_id))
         del self._deadlines[i]
         del self._ids[bisect.bisect_left(self._ids, session_id)]
+
+    async def ended(self, session_id: str) -> str | None:
+        """None: no tombstones are kept."""
+        return None
 
     async def due(self, now: float, limit: int) -> list[SessionMeta]:
         end = bisect.bisect_right(self._deadlines, (now, "\U0010ffff"))

@@ -337,9 +337,10 @@ class SqliteStore:
         conn.execute("DELETE FROM events WHERE session_id = ? AND seq <= ? AND ts < ?",
                      (sid, seq, self._clock() - self.retention_seconds))
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, *, reason: str | None = None) -> None:
         """Removes the session and destroys its data key: its data becomes
-        unrecoverable, from this database and from any backup of it made later."""
+        unrecoverable, from this database and from any backup of it made later.
+        No tombstone is kept: `reason` is not used."""
         await self._write("delete", functools.partial(self._delete, session_id))
 
     def _delete(self, session_id: str, conn: sqlite3.Connection) -> None:
@@ -436,6 +437,10 @@ class SqliteStore:
             event = StoredEvent(seq, ts, cipher.open("event", seq, payload))
             (history if seq <= snapshot_seq else events).append(event)
         return LoadedSession(meta, snapshot, snapshot_seq, events, history)
+
+    async def ended(self, session_id: str) -> str | None:
+        """None: no tombstones are kept."""
+        return None
 
     async def due(self, now: float, limit: int) -> list[SessionMeta]:
         """Up to `limit` sessions whose deadline is at or before `now`, earliest

@@ -23,10 +23,10 @@ class SlowDeleteStore(MemoryStore):
         self.deleting = trio.Event()
         self.finish = trio.Event()
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, *, reason: str | None = None) -> None:
         self.deleting.set()
         await self.finish.wait()
-        await super().delete(session_id)
+        await super().delete(session_id, reason=reason)
 
 
 async def test_an_invalidated_session_never_comes_back(tmp_path: Path, socket_dir: Path,

@@ -6,11 +6,11 @@ import attrs
 import pytest
 from store_helpers import RETENTION, events, make_meta
 
-from nexusd.store import MemoryStore, SessionMeta, SqliteStore, Store, StoreError
+from nexusd.store import MemoryStore, RedisStore, SessionMeta, SqliteStore, Store, StoreError
 
 
-def _conforms(a: MemoryStore, b: SqliteStore) -> list[Store]:
-    return [a, b]  # mypy checks that both satisfy the protocol
+def _conforms(a: MemoryStore, b: SqliteStore, c: RedisStore) -> list[Store]:
+    return [a, b, c]  # mypy checks that each satisfies the protocol
 
 
 def same_meta(a: SessionMeta, b: SessionMeta) -> bool:
