@@ -133,6 +133,9 @@ def _show(value: Any, duration: bool) -> str:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Redis client logs each script it loads on a new connection.
+    logging.getLogger("coredis").setLevel(max(logging.WARNING,
+                                              getattr(logging, level.upper())))
 
 
 #: How often the young generations are collected, how often survivors are

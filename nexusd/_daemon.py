@@ -191,20 +191,29 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         config = self.config
+        if self.store is not None or config.engine is None:
+            await self._run(task_status)
+            return
+        config.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        async with open_cluster(
+                config.engine, prefix=config.engine_prefix, durability=config.durability,
+                ring=load_keyring(config.data), retention=config.retention,
+                lease=config.lease, limits=self.limits,
+                forward_timeout=config.forward_timeout,
+                queue_bytes=config.queue_bytes) as cluster:
+            self.cluster = cluster
+            self.store = cluster.store
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[Daemon]) -> None:
+        """`run`, on a store open (or to open)."""
+        config = self.config
         if self.admin_key is None and (config.ws is not None or config.http is not None):
             self.admin_key = read_or_create_admin_key(config.data)
         if self.create_key is None and self.requires_create_key():
             self.create_key = read_or_create_admin_key(config.data, "create.key")
         self._bound_connections()
         clock = self.clock = WallClock(self.wall)
-        if self.store is None and config.engine is not None:
-            config.data.mkdir(mode=0o700, parents=True, exist_ok=True)
-            cluster = self.cluster = await open_cluster(
-                config.engine, prefix=config.engine_prefix, durability=config.durability,
-                ring=load_keyring(config.data),
-                retention=config.retention, lease=config.lease, limits=self.limits,
-                forward_timeout=config.forward_timeout, queue_bytes=config.queue_bytes)
-            self.store = cluster.store
         if self.store is None:
             # The store reads its clock in its writer thread, where trio's clock
             # (and so `WallClock.now`) cannot be read: it gets the plain wall clock.
@@ -288,8 +297,9 @@ class Daemon:
             if self.cluster is not None:
                 await self.cluster.leave()
         finally:
-            with trio.move_on_after(30, shield=True):
-                await self.store.aclose()
+            if self.cluster is None:  # else `open_cluster` closes it
+                with trio.move_on_after(30, shield=True):
+                    await self.store.aclose()
             if self.socket_path is not None:
                 self.socket_path.unlink(missing_ok=True)
             if pid_file is not None:

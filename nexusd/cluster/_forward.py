@@ -12,11 +12,13 @@ The owner serves one client's requests in the order they were sent (one
 queue per remote client), as a connection's own requests are.
 
 Failures end cleanly, never silently:
-- the owner's lease lapses (it died) or the link to it fails: each request
-  waiting for it is answered `unavailable` (retry: the next attempt takes the
-  session over) and each subscription through it is told `lagged` with the
-  last `seq` it received, from which the client resumes, on whichever daemon
-  then owns the session;
+- the owner's lease lapses (it died) or the link to it fails: a request that
+  never reached it is served again here (which waits for the dead owner's
+  lease to lapse, then takes the session over); each request it may have
+  received is answered `unavailable` (it may or may not have been applied);
+  each subscription through it is told `lagged` with the last `seq` it
+  received, from which the client resumes on whichever daemon then owns the
+  session;
 - a forwarding daemon goes away: the owner disconnects its clients;
 - a subscriber that cannot keep up here is told `lagged` here, and the owner
   stops sending it events.
@@ -67,6 +69,9 @@ BYE: Final = 3
 #: forwarding -> owner: [DROP, fid]: send that subscription nothing more
 DROP: Final = 4
 
+#: How long a daemon found gone is remembered as gone (its lease lapses sooner).
+_DEAD_FOR: Final = 60.0
+
 
 class Service:
     """What forwarding needs of the session service (typing only)."""
@@ -85,13 +90,16 @@ class _Forwarded:
     sink: ReplySink
     principal: Principal
     owner: int
-    session_id: str
-    request_id: int | None
+    request: SessionRequest
     attach: bool
     sent: float
     answered: bool = False
     seq: int = 0  # the session's seq when attached
     last: bytes | None = None  # the last live event delivered
+
+    @property
+    def session_id(self) -> str:
+        return self.request.session_id
 
 
 class _RemoteSink:
@@ -163,7 +171,9 @@ class Forwarder:
         self._queues: dict[tuple[int, str], deque[tuple[Message, _RemoteSink]]] = {}
         self._unanswered: dict[tuple[int, str], int] = {}
         self._sinks: dict[tuple[int, int], _RemoteSink] = {}
-        self.forwarded = self.served = self.failed = 0
+        # Daemons found gone (a message to them reached nobody) -> when.
+        self._dead: dict[int, float] = {}
+        self.forwarded = self.served = self.failed = self.rerouted = 0
 
     def peers(self) -> Iterable[int]:
         """The daemons this one deals with: whose leases to watch."""
@@ -171,7 +181,7 @@ class Forwarder:
 
     def statistics(self) -> dict[str, int]:
         return {"forwarded": self.forwarded, "served_for_others": self.served,
-                "failed": self.failed, "waiting": len(self._out),
+                "failed": self.failed, "rerouted": self.rerouted, "waiting": len(self._out),
                 "remote_clients": len(self._remote)}
 
     async def run(self, service: Service, *,
@@ -184,7 +194,10 @@ class Forwarder:
             task_status.started()
             while True:
                 await trio.sleep(min(1.0, self.timeout))
-                self._expire_waiting(trio.current_time() - self.timeout)
+                now = trio.current_time()
+                self._expire_waiting(now - self.timeout)
+                for epoch in [e for e, when in self._dead.items() if now - when > _DEAD_FOR]:
+                    del self._dead[epoch]
 
     # ------------------------------------------------------ forwarding end
 
@@ -196,7 +209,7 @@ class Forwarder:
         principal = env.principal
         fid = next(self._ids)
         sid = request.session_id
-        self._out[fid] = _Forwarded(env.sink, principal, owner, sid, request.id,
+        self._out[fid] = _Forwarded(env.sink, principal, owner, request,
                                     type(request) is Attach, trio.current_time())
         self._by_client.setdefault(principal.connection_id, set()).add(fid)
         peer = principal.peer
@@ -273,13 +286,31 @@ class Forwarder:
                 return seq
         return f.seq
 
-    def owner_gone(self, owner: int) -> None:
-        """Daemon `owner` is gone: what waits for it ends (see the module)."""
+    def gone(self, epoch: int) -> bool:
+        """Whether daemon `epoch` was found gone lately (its lease may not
+        have lapsed yet)."""
+        return epoch in self._dead
+
+    def owner_gone(self, owner: int, undelivered: list[list[Any]] | None = None) -> None:
+        """Daemon `owner` is gone: what waits for it ends (see the module);
+        the requests of `undelivered` (frames that reached nobody) are
+        served again."""
+        self._dead[owner] = trio.current_time()
+        for frame in undelivered or ():
+            if frame[0] == REQ:
+                self._reroute(frame[1])
         for fid in [fid for fid, f in self._out.items() if f.owner == owner]:
             self._fail(fid, f"the daemon that had session {self._out[fid].session_id} "
                             "stopped; retry")
         for key in [key for key in self._remote if key[0] == owner]:
             self._bye(key)
+
+    def _reroute(self, fid: int) -> None:
+        f = self._drop(fid)
+        if f is None or self._nursery is None or self._service is None:
+            return
+        self.rerouted += 1
+        self._nursery.start_soon(self._service.submit, f.principal, f.request, f.sink)
 
     def reset(self) -> None:
         """This daemon's link was cut: anything may have been lost."""
@@ -294,7 +325,7 @@ class Forwarder:
         if f.attach and f.answered:
             f.sink.reply(Lagged(session_id=f.session_id, seq=self._resume_seq(f)))
         else:
-            f.sink.reply(Error(id=f.request_id, code=ErrorCode.UNAVAILABLE.value,
+            f.sink.reply(Error(id=f.request.id, code=ErrorCode.UNAVAILABLE.value,
                                message=message, retry_after=self.retry_after))
 
     def _expire_waiting(self, before: float) -> None:
@@ -357,6 +388,7 @@ class Forwarder:
                 await self._service.submit(principal, request, sink)
         finally:
             del self._queues[key]
+            self._tidy(key)
 
     def _answered(self, key: tuple[int, str]) -> None:
         left = self._unanswered.get(key, 1) - 1
@@ -364,9 +396,16 @@ class Forwarder:
             self._unanswered[key] = left
             return
         self._unanswered.pop(key, None)
+        self._tidy(key)
+
+    def _tidy(self, key: tuple[int, str]) -> None:
+        """Forgets a remote client that has nothing left here (no request
+        queued or unanswered, no subscription); what it proved went back
+        with each reply."""
         principal = self._remote.get(key)
-        if principal is not None and not principal.subscriptions and key not in self._queues:
-            del self._remote[key]  # nothing of it left here
+        if principal is not None and not principal.subscriptions \
+                and key not in self._queues and key not in self._unanswered:
+            del self._remote[key]
 
     def _bye(self, key: tuple[int, str]) -> None:
         principal = self._remote.pop(key, None)

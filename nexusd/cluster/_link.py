@@ -90,12 +90,14 @@ class Link:
     """This daemon's end of the link; see the module's docstring.
 
     `deliver(sender, frame)` is called for each frame received, in order;
-    `gone(epoch)` when a message to `epoch` reached no daemon; `reset()`
-    after this daemon's subscription was lost and made again.
+    `gone(epoch, frames)` when a message to `epoch` reached no daemon (with
+    its frames, undelivered); `reset()` after this daemon's subscription was
+    lost and made again.
     """
 
     def __init__(self, client: Any, prefix: str, epoch: int, seal: LinkSeal, *,
-                 deliver: Callable[[int, list[Any]], None], gone: Callable[[int], None],
+                 deliver: Callable[[int, list[Any]], None],
+                 gone: Callable[[int, list[list[Any]]], None],
                  reset: Callable[[], None]) -> None:
         self._client = client
         self._prefix = prefix
@@ -147,16 +149,17 @@ class Link:
                     pending = [(to, pipe.publish(self.channel(to), self._seal.seal(
                         to, msgpack.packb([self.epoch, frames], use_bin_type=True))))
                         for to, frames in batches]
-                for to, result in pending:
-                    if await result == 0:
-                        stats.refused += 1
-                        self._gone(to)
-            except Exception as exc:  # Redis unreachable: the frames are lost
+                received = [await result for _, result in pending]
+            except Exception as exc:  # Redis unreachable: the frames may be lost
                 log.warning("link: %d messages to other daemons lost: %s", len(batches), exc)
                 for to, _frames in batches:
-                    self._gone(to)
+                    self._gone(to, [])  # none is known not to have arrived
                 await trio.sleep(_RESUBSCRIBE_AFTER)
                 continue
+            for (to, frames), n in zip(batches, received, strict=True):
+                if n == 0:
+                    stats.refused += 1
+                    self._gone(to, frames)
             stats.messages_out += len(batches)
             stats.frames_out += sum(len(frames) for _, frames in batches)
 

@@ -8,7 +8,9 @@ it what must be forwarded. See README "Scale out".
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import trio
@@ -28,6 +30,10 @@ log = logging.getLogger("nexusd.cluster")
 #: Check values of the master keys the cluster's data is sealed under: a
 #: daemon whose ring lacks them would seal what the others cannot open.
 _KEYS_FIELD: Final = "keys"
+#: How often a request for a session whose owner is gone asks whether its
+#: lease has lapsed, and how much longer than a lease it waits for that.
+_TAKEOVER_POLL: Final = 0.05
+_TAKEOVER_SLACK: Final = 0.5
 
 
 class ClusterNode:
@@ -61,7 +67,19 @@ class ClusterNode:
     # -------------------------------------------------- the registry's side
 
     async def acquire(self, session_id: str) -> int | None:
-        return await self.store.acquire(session_id)
+        """The session's owner, made this daemon if no live daemon holds it.
+        An owner found gone whose lease has not lapsed yet is waited for (a
+        lease at most): the request is then served here, not failed."""
+        give_up = None
+        while True:
+            owner = await self.store.acquire(session_id)
+            if owner is None or owner == self._epoch or not self.forwarder.gone(owner):
+                return owner
+            now = trio.current_time()
+            give_up = now + self.lease + _TAKEOVER_SLACK if give_up is None else give_up
+            if now >= give_up:
+                return owner
+            await trio.sleep(_TAKEOVER_POLL)
 
     async def release(self, session_id: str) -> None:
         await self.store.release(session_id)
@@ -77,8 +95,8 @@ class ClusterNode:
     def _deliver(self, sender: int, frame: list[Any]) -> None:
         self.forwarder.deliver(sender, frame)
 
-    def _gone(self, epoch: int) -> None:
-        self.forwarder.owner_gone(epoch)
+    def _gone(self, epoch: int, undelivered: list[list[Any]] | None = None) -> None:
+        self.forwarder.owner_gone(epoch, undelivered)
 
     def _reset(self) -> None:
         self.forwarder.reset()
@@ -139,11 +157,12 @@ async def check_key_ring(store: RedisStore, ring: KeyRing) -> None:
             await store.client.hsetnx(key, kid, ring.check_value(kid))
 
 
+@contextlib.asynccontextmanager
 async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
                        retention: int, lease: float, limits: Limits, forward_timeout: float,
-                       queue_bytes: int) -> ClusterNode:
+                       queue_bytes: int) -> AsyncIterator[ClusterNode]:
     """Opens the Redis engine at `url` and makes this daemon a node of its
-    cluster (not yet joined: `run` does).
+    cluster (joined by `ClusterNode.run`); closes the engine on the way out.
 
     Raises:
         StoreError: Redis cannot be used (see `open_redis_store`), or the key
@@ -153,8 +172,9 @@ async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
                                    retention_events=retention, prefix=prefix)
     try:
         await check_key_ring(store, ring)
-    except BaseException:
+        yield ClusterNode(store, ring, lease=lease, limits=limits,
+                          forward_timeout=forward_timeout, queue_bytes=queue_bytes)
+    finally:
+        # Where it was opened: the Redis client's task group is exited at
+        # the depth it was entered.
         await store.aclose()
-        raise
-    return ClusterNode(store, ring, lease=lease, limits=limits,
-                       forward_timeout=forward_timeout, queue_bytes=queue_bytes)

@@ -370,8 +370,9 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        with trio.CancelScope(shield=True):
-            await self._exit.aclose()
+        # Not in a cancel scope of its own: the client's task group must be
+        # exited at the depth where it was entered.
+        await self._exit.aclose()
 
 
 # -- opening ----------------------------------------------------------------
