@@ -58,7 +58,7 @@ from ._principal import EventSink, Principal, ReplySink
 from ._registry import Registry
 from .session._analytics import ChannelAnalytics
 from .session._mailbox import Disconnect, Envelope
-from .store import Store
+from .store import Store, StoreError
 from .workflows import Workflows
 
 __all__ = ["Call", "SessionService"]
@@ -68,6 +68,10 @@ log = logging.getLogger("nexusd.service")
 #: Sessions told per turn of the event loop that a closing channel no longer
 #: watches them: each wakes its actor, and one connection may watch thousands.
 DETACH_PER_TURN = 64
+
+#: At most one line per this many seconds says that requests fail because
+#: the store does (each such request is answered `unavailable`).
+STORE_FAILURE_LOG_EVERY = 10.0
 
 #: Requests only a daemon with workflows serves.
 _WORKFLOW_TAGS = frozenset({"run", "cancel_run", "register", "heartbeat", "run_progress",
@@ -147,6 +151,7 @@ class SessionService:
         self._analytics = analytics
         self._stats = stats
         self._busy_timeout = busy_timeout
+        self._store_failed_logged = -STORE_FAILURE_LOG_EVERY
         self._max_page = max_page
         # Daemon-wide requests: type -> (needs the admin credential, serve).
         self._daemon_requests: dict[type[Message], tuple[bool, _DaemonRequest]] = {
@@ -191,6 +196,15 @@ class SessionService:
             sink.reply(await serve(principal, request))
         except RequestError as exc:
             sink.reply(exc.reply(getattr(request, "id", None)))
+        except StoreError as exc:  # the store is unreachable (Redis restarting, say)
+            now = trio.current_time()
+            if now - self._store_failed_logged >= STORE_FAILURE_LOG_EVERY:
+                self._store_failed_logged = now
+                log.warning("requests fail while the store fails: %s", exc)
+            sink.reply(Error(id=getattr(request, "id", None),
+                             code=ErrorCode.UNAVAILABLE.value,
+                             message=f"the store is unavailable ({exc}); retry",
+                             retry_after=1.0))
         except Exception:
             log.exception("%s: request %s failed", principal.connection_id, request.TAG)
             sink.reply(Error(id=getattr(request, "id", None), code=ErrorCode.INTERNAL.value,

@@ -335,8 +335,14 @@ class Forwarder:
 
     # --------------------------------------------------------- owning end
 
+    def alive(self, epoch: int) -> None:
+        """Daemon `epoch` was heard from, or its lease found held."""
+        self._dead.pop(epoch, None)
+
     def deliver(self, sender: int, frame: list[Any]) -> None:
         """A frame from daemon `sender` (the link's `deliver`)."""
+        if self._dead:
+            self._dead.pop(sender, None)
         kind = frame[0]
         if kind == EVT:
             self._event(sender, frame[1], frame[2], frame[3])

@@ -152,8 +152,7 @@ class Link:
                 received = [await result for _, result in pending]
             except Exception as exc:  # Redis unreachable: the frames may be lost
                 log.warning("link: %d messages to other daemons lost: %s", len(batches), exc)
-                for to, _frames in batches:
-                    self._gone(to, [])  # none is known not to have arrived
+                self._reset()  # the daemons may well be alive: only the link failed
                 await trio.sleep(_RESUBSCRIBE_AFTER)
                 continue
             for (to, frames), n in zip(batches, received, strict=True):

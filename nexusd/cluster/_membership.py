@@ -50,11 +50,12 @@ return 0
 
 class Membership:
     """See the module's docstring. `peers()` names the daemons to check;
-    `gone(epoch)` is called for each whose lease has lapsed."""
+    `gone(epoch)` is called for each whose lease has lapsed, `alive(epoch)`
+    for each whose lease is held."""
 
     def __init__(self, client: Any, prefix: str, epoch: int, *, lease: float,
                  endpoints: dict[str, Any], peers: Callable[[], Iterable[int]],
-                 gone: Callable[[int], None]) -> None:
+                 gone: Callable[[int], None], alive: Callable[[int], None]) -> None:
         self._client = client
         self._prefix = prefix
         self.epoch = epoch
@@ -62,6 +63,7 @@ class Membership:
         self.endpoints = endpoints
         self._peers = peers
         self._gone = gone
+        self._alive = alive
         self.reaper = False  # whether this daemon holds the reaper's lease
         self._last_renewed = 0.0
         self._failing = False
@@ -111,7 +113,9 @@ class Membership:
         async with self._client.pipeline(transaction=False) as pipe:
             found = [(epoch, pipe.exists([self.live_key(epoch)])) for epoch in peers]
         for epoch, exists in found:
-            if not await exists:
+            if await exists:
+                self._alive(epoch)
+            else:
                 log.info("cluster: daemon %d is gone (its lease lapsed)", epoch)
                 self._gone(epoch)
 

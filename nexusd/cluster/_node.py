@@ -54,7 +54,7 @@ class ClusterNode:
                                    queue_bytes=queue_bytes, retry_after=lease)
         self.membership = Membership(store.client, store.prefix, store.epoch, lease=lease,
                                      endpoints=endpoints or {}, peers=self.forwarder.peers,
-                                     gone=self._gone)
+                                     gone=self._gone, alive=self.forwarder.alive)
 
     @property
     def epoch(self) -> int:

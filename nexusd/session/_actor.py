@@ -42,7 +42,7 @@ from .._bus import Bus
 from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import EventSink, Principal
-from ..store import IDLE_LAG, SessionMeta, Store, StoredEvent
+from ..store import IDLE_LAG, Fenced, SessionMeta, Store, StoredEvent
 from ._access import authorize
 from ._analytics import ChannelAnalytics
 from ._commands import (
@@ -254,9 +254,12 @@ class SessionActor:
             await self._loop()
         except trio.Cancelled:
             raise
-        except Exception:
-            log.exception("session %s: actor failed; it will be reactivated from the store",
-                          self.session_id)
+        except Exception as exc:
+            if isinstance(exc, Fenced):  # another daemon of the cluster has the session
+                log.warning("session %s: %s; its actor here ends", self.session_id, exc)
+            else:
+                log.exception("session %s: actor failed; it will be reactivated from the "
+                              "store", self.session_id)
             # Watchers resume from what they last saw, which reactivates the
             # session from its durable state.
             lagged = Lagged(session_id=self.session_id, seq=self._topic.seq)

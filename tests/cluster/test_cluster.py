@@ -1,0 +1,174 @@
+"""Several daemons on one Redis: any daemon serves any session, a session
+carries on when its daemon dies, and a former owner can never write."""
+
+from __future__ import annotations
+
+import itertools
+
+import nexus_protocol as p
+import pytest
+import trio
+from conftest import Cluster
+from nexus_client import AsyncClient, ConnectionLost, SessionExpired, Unavailable, open_client
+
+
+async def collect(client: AsyncClient, session_id: str, into: list[int],
+                  *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Watches the session, appending the seq of each change to `into`; a
+    snapshot that is not the first event (changes skipped) fails the test."""
+    async with client.watch(session_id) as watch:
+        first = True
+        async for event in watch:
+            if isinstance(event, p.Snapshot):
+                assert first or event.recovered, f"changes skipped: {event}"
+                into.append(event.seq)
+                task_status.started()
+            elif isinstance(event, p.Change):
+                into.append(event.seq)
+            first = False
+
+
+def gap_free(seqs: list[int]) -> bool:
+    return seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_a_session_written_on_one_daemon_is_watched_and_written_on_another(
+        cluster: Cluster) -> None:
+    await cluster.start(2)
+    async with open_client(cluster.socket(0)) as a, open_client(cluster.socket(1)) as b, \
+            trio.open_nursery() as nursery:
+        info = await a.create_session()
+        await a.set(info.session_id, "before", 1)
+        b.set_token(info.session_id, info.token)
+        seen: list[int] = []
+        await nursery.start(collect, b, info.session_id, seen)
+        for i in range(1, 11):
+            await a.set(info.session_id, f"k{i}", i)
+        written = await b.set(info.session_id, "from-b", True)  # forwarded to its owner
+        assert (await a.get(info.session_id, "from-b")).value is True
+        assert (await b.get(info.session_id, "k10")).value == 10
+        with trio.fail_after(10):
+            while not seen or seen[-1] < written.seq:
+                await trio.sleep(0.01)
+        assert seen == list(range(1, written.seq + 1))  # the snapshot at 1, then each change
+        nursery.cancel_scope.cancel()
+
+
+async def write_until(client: AsyncClient, session_id: str, acked: dict[int, int],
+                      stop: trio.Event, counter: itertools.count[int]) -> None:
+    """Sets key w<i> = i, one at a time, until `stop`; records what was
+    acknowledged (key index -> seq). A write whose outcome is unknown (the
+    connection dropped, its daemon died) is not recorded, and retried under a
+    new key."""
+    while not stop.is_set():
+        i = next(counter)
+        try:
+            written = await client.set(session_id, f"w{i}", i)
+        except (ConnectionLost, Unavailable):
+            await trio.sleep(0.05)
+            continue
+        acked[i] = written.seq
+        await trio.sleep(0.005)
+
+
+async def test_kill_9_of_the_owner_under_writes_loses_nothing_acknowledged(
+        cluster: Cluster) -> None:
+    owner, *_ = await cluster.start(3)
+    endpoints = [cluster.socket(i) for i in range(3)]
+    async with open_client(endpoints) as writer, open_client(cluster.socket(1)) as w1, \
+            open_client(cluster.socket(2)) as w2, trio.open_nursery() as nursery:
+        assert writer.target.path == cluster.socket(0)
+        info = await writer.create_session()  # owned by daemon 0
+        for watcher in (w1, w2):
+            watcher.set_token(info.session_id, info.token)
+        seen1: list[int] = []
+        seen2: list[int] = []
+        await nursery.start(collect, w1, info.session_id, seen1)
+        await nursery.start(collect, w2, info.session_id, seen2)
+        acked: dict[int, int] = {}
+        stop = trio.Event()
+        counter = itertools.count(1)
+        nursery.start_soon(write_until, writer, info.session_id, acked, stop, counter)
+        with trio.fail_after(10):
+            while len(acked) < 20:
+                await trio.sleep(0.01)
+        await owner.kill()
+        killed_at = len(acked)
+        with trio.fail_after(15):  # the lease (1.5 s) and a reconnection, with room
+            while len(acked) < killed_at + 20:
+                await trio.sleep(0.01)
+        stop.set()
+        assert writer.target.path != cluster.socket(0)  # it went on through another endpoint
+        last = max(acked.values())
+        with trio.fail_after(10):
+            while not (seen1 and seen2 and seen1[-1] >= last and seen2[-1] >= last):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    async with open_client(cluster.socket(2)) as reader:
+        reader.set_token(info.session_id, info.token)
+        state = await reader.get(info.session_id)
+    for i in acked:
+        assert state.entries[f"w{i}"].value == i, f"acknowledged write w{i} lost"
+    # The watchers on the surviving daemons missed nothing, in order.
+    assert gap_free(seen1) and gap_free(seen2), (seen1, seen2)
+    assert seen1[-1] == seen2[-1] == state.seq
+
+
+async def test_a_paused_former_owner_cannot_write_once_its_session_was_taken_over(
+        cluster: Cluster) -> None:
+    await cluster.start(2)
+    async with open_client(cluster.socket(0), reconnect=False) as old, \
+            open_client(cluster.socket(1)) as new, trio.open_nursery() as nursery:
+        info = await old.create_session()
+        await old.set(info.session_id, "k", "first")
+        new.set_token(info.session_id, info.token)
+        cluster.pause(0)  # daemon 0 hangs, its session still active in it
+        # Daemon 1 forwards to daemon 0 until its lease lapses: that request
+        # may reach daemon 0 (when it wakes), so it is not served twice but
+        # answered `unavailable`. Asked again, daemon 1 takes the session over.
+        with trio.fail_after(10):
+            while True:
+                try:
+                    taken = await new.set(info.session_id, "k", "taken over")
+                    break
+                except Unavailable:
+                    await trio.sleep(0.1)
+        outcome: list[object] = []
+
+        async def stale_write() -> None:
+            try:
+                outcome.append(await old.set(info.session_id, "k", "stale"))
+            except Unavailable as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(stale_write)  # waits in daemon 0's socket buffer
+        await trio.sleep(0.2)
+        cluster.resume(0)
+        with trio.fail_after(10):
+            while not outcome:
+                await trio.sleep(0.01)
+        assert isinstance(outcome[0], Unavailable), outcome  # refused, not acknowledged
+        entry = await new.get(info.session_id, "k")
+        assert (entry.value, entry.version) == ("taken over", taken.version)
+        # Asked again, daemon 0 forwards it to the session's new owner.
+        again = await old.set(info.session_id, "k", "through the owner")
+        assert again.seq == taken.seq + 1
+        assert (await new.get(info.session_id, "k")).value == "through the owner"
+    assert "taken over" in cluster.daemons[0].log_text() or "fenced" in \
+        cluster.daemons[0].log_text().lower()
+
+
+async def test_only_one_daemon_reaps_and_every_daemon_knows_why_a_session_ended(
+        cluster: Cluster) -> None:
+    await cluster.start(3)
+    async with open_client(cluster.socket(0)) as a:
+        info = await a.create_session(ttl=1.0)
+        await a.set(info.session_id, "k", 1)
+    # Its daemon stops: the session hibernates there and is released.
+    assert await cluster.daemons[0].terminate() == 0
+    await trio.sleep(2.5)  # past its ttl; a reaper on another daemon expires it
+    for i in (1, 2):
+        async with open_client(cluster.socket(i)) as c:
+            c.set_token(info.session_id, info.token)
+            with pytest.raises(SessionExpired, match="ttl"):
+                await c.get(info.session_id, "k")

@@ -1,0 +1,140 @@
+"""The cluster and its Redis: a Redis restarted from its append-only file
+loses nothing acknowledged, and a Redis the daemon cannot use is one clear
+line at start."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import Cluster
+from nexus_client import open_client
+from redis_server import RedisServer, free_port
+from test_cluster import collect, gap_free, write_until
+
+from nexusd.store import KeyRing
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, fsyncing each write (it is killed)."""
+    with RedisServer(("--appendonly", "yes", "--appendfsync", "always", "--save", "")) as r:
+        yield r
+
+
+async def test_a_redis_killed_and_restarted_from_its_aof_loses_nothing_acknowledged(
+        tmp_path: Path, socket_dir: Path, own_redis: RedisServer, redis_prefix: str) -> None:
+    from contextlib import AsyncExitStack
+    async with AsyncExitStack() as stack:
+        cluster = Cluster(tmp_path, socket_dir, own_redis.url, redis_prefix, stack,
+                          "--durability", "power")
+        await cluster.start(2)
+        async with open_client(cluster.socket(0)) as owner_side, \
+                open_client(cluster.socket(1)) as writer, trio.open_nursery() as nursery:
+            info = await owner_side.create_session()
+            writer.set_token(info.session_id, info.token)
+            seen: list[int] = []
+            await nursery.start(collect, owner_side, info.session_id, seen)
+            acked: dict[int, int] = {}
+            stop = trio.Event()
+            nursery.start_soon(write_until, writer, info.session_id, acked, stop,
+                               itertools.count(1))
+            with trio.fail_after(10):
+                while len(acked) < 20:
+                    await trio.sleep(0.01)
+            own_redis.kill()
+            before = len(acked)
+            await trio.sleep(0.3)  # writes fail meanwhile; none is acknowledged
+            assert len(acked) <= before + 1  # at most one answered as Redis died
+            own_redis.restart()
+            with trio.fail_after(20):
+                while len(acked) < before + 20:
+                    await trio.sleep(0.01)
+            stop.set()
+            last = max(acked.values())
+            with trio.fail_after(10):
+                while not seen or seen[-1] < last:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        async with open_client(cluster.socket(1)) as reader:
+            reader.set_token(info.session_id, info.token)
+            state = await reader.get(info.session_id)
+        for i in acked:
+            assert state.entries[f"w{i}"].value == i, f"acknowledged write w{i} lost"
+        assert gap_free(seen), seen
+        for daemon in cluster.daemons:
+            assert daemon.proc is not None and daemon.proc.returncode is None  # both serve
+
+
+def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    data = tmp_path / "data"
+    return subprocess.run([sys.executable, "-m", "nexusd", "serve", "--data", str(data),
+                           "--socket", str(tmp_path / "s"), "--ws", "off", "--http", "off",
+                           *flags], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nexusd: error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_an_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = serve(tmp_path, "--engine", f"redis://127.0.0.1:{port}/0")
+    assert result.returncode == 1
+    assert f"cannot reach Redis at 127.0.0.1:{port}" in one_error_line(result)
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://127.0.0.1:notaport/0", "port"),
+    ("redis://:s3cret@127.0.0.1:6379/x", "database"),
+])
+def test_a_bad_redis_url_is_one_clear_line_that_hides_the_password(
+        tmp_path: Path, url: str, says: str) -> None:
+    result = serve(tmp_path, "--engine", url)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert "bad Redis URL" in line and says in line
+    assert "s3cret" not in result.stderr
+
+
+def test_an_engine_that_is_not_redis_is_refused_as_a_setting(tmp_path: Path) -> None:
+    result = serve(tmp_path, "--engine", "http://user:pw@example.com/")
+    assert result.returncode == 2
+    assert "engine must be off or a Redis URL" in result.stderr
+    assert "pw@" not in result.stderr
+
+
+def test_a_redis_without_persistence_is_refused_unless_told_memory(tmp_path: Path) -> None:
+    with RedisServer(("--appendonly", "no", "--save", "")) as bare:
+        result = serve(tmp_path, "--engine", bare.url)
+        assert result.returncode == 1
+        line = one_error_line(result)
+        assert "append-only file off" in line and "--durability memory" in line
+
+
+async def test_a_daemon_with_another_key_ring_is_refused(
+        cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start(1)
+    async with open_client(cluster.socket(0)) as c:
+        await c.create_session()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir(mode=0o700)
+    (stranger / "keys").write_text(KeyRing.generate().to_json())
+    (stranger / "keys").chmod(0o600)
+    result = subprocess.run(
+        [sys.executable, "-m", "nexusd", "serve", "--data", str(stranger), "--socket",
+         str(tmp_path / "s2"), "--ws", "off", "--http", "off", "--engine", cluster.url,
+         "--engine-prefix", cluster.prefix], capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 1
+    assert "key ring is not the one the other daemons seal sessions with" in \
+        one_error_line(result)
