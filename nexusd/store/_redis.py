@@ -458,7 +458,10 @@ async def open_redis_store(url: str, *, durability: str, keyring: KeyRing,
             raise StoreError(f"cannot reach Redis at {where}: no answer within "
                              f"{_CONNECT_TIMEOUT:g} s") from None
         except coredis.exceptions.RedisError as exc:
-            raise StoreError(f"cannot reach Redis at {where}: {exc}") from None
+            # coredis says "Unable to establish a connection to HOST:PORT" and
+            # keeps why (refused, unknown host, ...) as the cause.
+            reason = exc.__cause__ or exc
+            raise StoreError(f"cannot reach Redis at {where}: {reason}") from None
         version = str(server.get("redis_version", "0"))
         if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < _MIN_VERSION:
             raise StoreError(f"Redis at {where} is version {version}; nexusd needs Redis 7 "
@@ -469,8 +472,9 @@ async def open_redis_store(url: str, *, durability: str, keyring: KeyRing,
         except coredis.exceptions.RedisError as exc:
             raise StoreError(f"Redis at {where} refused INCR {prefix}:epoch: {exc}") from None
     except BaseException:
-        with trio.CancelScope(shield=True):
-            await exit_stack.aclose()
+        # Not under a shield of its own: the pool's task group, entered above,
+        # must exit in the cancel scope it was entered in.
+        await exit_stack.aclose()
         raise
     store = RedisStore(client, keyring=keyring, epoch=epoch, prefix=prefix,
                        retention_events=retention_events,

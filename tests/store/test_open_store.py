@@ -76,4 +76,5 @@ def test_public_names() -> None:
         "Store", "StoreError", "SessionMeta", "StoredEvent", "LoadedSession",
         "KeyManagement", "MemoryStore", "SqliteStore", "StoreStatistics", "open_store",
         "open_sqlite_store", "DURABILITIES", "KeyRing", "KeyRingError", "CryptoError",
-        "IntegrityError", "IDLE_LAG", "check_snapshot_seq"}
+        "IntegrityError", "IDLE_LAG", "check_snapshot_seq", "RedisStore", "Fenced",
+        "open_redis_store", "REDIS_DURABILITIES"}
