@@ -100,6 +100,14 @@ class Config:
         default="nexus",
         metadata={"help": "with --engine redis: the prefix of every key the daemons keep in "
                           "Redis (clusters sharing one Redis need one each)"})
+    engine_replicas: int = attrs.field(
+        default=0,
+        metadata={"help": "with --engine redis: how many of Redis's replicas must hold a write "
+                          "before it is acknowledged (WAIT); 0: the primary alone"})
+    replica_timeout: float = attrs.field(
+        default=1.0, converter=_duration,
+        metadata={"help": "with --engine-replicas: how long a write waits for its replicas; "
+                          "past it the write is answered unavailable (it may survive)"})
     lease: float = attrs.field(
         default=1.5, converter=_duration,
         metadata={"help": "with --engine redis: how long a daemon that stops renewing its "
@@ -343,8 +351,10 @@ class Config:
                               "fractions in (0, 1] and [0, 1]")
         if self.analytics_save_every <= 0:
             raise ConfigError("analytics_save_every must be above 0")
-        if self.lease <= 0 or self.forward_timeout <= 0:
-            raise ConfigError("lease and forward_timeout must be above 0")
+        if self.lease <= 0 or self.forward_timeout <= 0 or self.replica_timeout <= 0:
+            raise ConfigError("lease, forward_timeout and replica_timeout must be above 0")
+        if self.engine_replicas < 0:
+            raise ConfigError("engine_replicas must be 0 or more")
         if self.engine is not None and not self.engine.startswith(
                 ("redis://", "rediss://", "unix://")):
             scheme = self.engine.partition("://")[0] if "://" in self.engine else ""

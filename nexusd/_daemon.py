@@ -199,8 +199,9 @@ class Daemon:
                 config.engine, prefix=config.engine_prefix, durability=config.durability,
                 ring=load_keyring(config.data), retention=config.retention,
                 lease=config.lease, limits=self.limits,
-                forward_timeout=config.forward_timeout,
-                queue_bytes=config.queue_bytes) as cluster:
+                forward_timeout=config.forward_timeout, queue_bytes=config.queue_bytes,
+                replicas=config.engine_replicas,
+                replica_timeout=config.replica_timeout) as cluster:
             self.cluster = cluster
             self.store = cluster.store
             await self._run(task_status)

@@ -160,7 +160,8 @@ async def check_key_ring(store: RedisStore, ring: KeyRing) -> None:
 @contextlib.asynccontextmanager
 async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
                        retention: int, lease: float, limits: Limits, forward_timeout: float,
-                       queue_bytes: int) -> AsyncIterator[ClusterNode]:
+                       queue_bytes: int, replicas: int = 0, replica_timeout: float = 1.0
+                       ) -> AsyncIterator[ClusterNode]:
     """Opens the Redis engine at `url` and makes this daemon a node of its
     cluster (joined by `ClusterNode.run`); closes the engine on the way out.
 
@@ -170,8 +171,16 @@ async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
     """
     store = await open_redis_store(url, durability=durability, keyring=ring,
                                    retention_events=retention, prefix=prefix)
+    store.replicas, store.replica_timeout = replicas, replica_timeout
     try:
         await check_key_ring(store, ring)
+        if replicas:
+            info = await store.client.info("replication")
+            connected = int(str(info.get("connected_slaves", 0)))
+            if connected < replicas:
+                log.warning("cluster: Redis has %d replicas connected; writes wait for %d "
+                            "(--engine-replicas) and fail until they connect",
+                            connected, replicas)
         yield ClusterNode(store, ring, lease=lease, limits=limits,
                           forward_timeout=forward_timeout, queue_bytes=queue_bytes)
     finally:

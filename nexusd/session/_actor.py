@@ -42,7 +42,7 @@ from .._bus import Bus
 from .._clock import WallClock
 from .._errors import RequestError
 from .._principal import EventSink, Principal
-from ..store import IDLE_LAG, Fenced, SessionMeta, Store, StoredEvent
+from ..store import IDLE_LAG, Fenced, SessionMeta, Store, StoredEvent, StoreError
 from ._access import authorize
 from ._analytics import ChannelAnalytics
 from ._commands import (
@@ -250,6 +250,7 @@ class SessionActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
+        why = "the session was reloading; retry"
         try:
             await self._loop()
         except trio.Cancelled:
@@ -257,6 +258,10 @@ class SessionActor:
         except Exception as exc:
             if isinstance(exc, Fenced):  # another daemon of the cluster has the session
                 log.warning("session %s: %s; its actor here ends", self.session_id, exc)
+            elif isinstance(exc, StoreError):  # not written, or not known to be
+                why = f"the store failed ({exc}); the write may not be kept; retry"
+                log.warning("session %s: %s; it will be reactivated from the store",
+                            self.session_id, exc)
             else:
                 log.exception("session %s: actor failed; it will be reactivated from the "
                               "store", self.session_id)
@@ -269,7 +274,7 @@ class SessionActor:
                 watcher.principal.subscriptions.discard(self.session_id)
                 watcher.reply(lagged)
         finally:
-            self._end(ErrorCode.UNAVAILABLE, "the session was reloading; retry")
+            self._end(ErrorCode.UNAVAILABLE, why)
 
     async def _loop(self) -> None:
         while True:

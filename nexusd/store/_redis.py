@@ -105,7 +105,13 @@ class RedisStore:
     def __init__(self, client: coredis.Redis[bytes], *, keyring: KeyRing, epoch: int,
                  prefix: str = "nexus", retention_events: int = 1000,
                  retention_seconds: float = 86400.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, replicas: int = 0,
+                 replica_timeout: float = 1.0) -> None:
+        """`replicas`: how many of Redis's replicas must hold a write before
+        it counts as done (`WAIT`, within `replica_timeout` seconds); 0 for
+        the primary alone."""
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self.client = client
         self.keyring = keyring
         self.epoch = epoch
@@ -121,6 +127,7 @@ class RedisStore:
             "CREATE", "APPEND", "SAVE_SNAPSHOT", "DELETE", "ACQUIRE", "RELEASE", "LOAD",
             "DUE", "LIST", "NEXT_DEADLINE")}
         self._closed = False
+        self.unreplicated = 0  # writes refused: too few replicas confirmed them
         # What `aclose` exits: the client's connection pool, if the store entered it.
         self._exit = contextlib.AsyncExitStack()
 
@@ -154,6 +161,34 @@ class RedisStore:
             return await self._scripts[name](keys=keys, args=args)
         except coredis.exceptions.RedisError as exc:
             raise StoreError(f"Redis failed: {exc}") from exc
+
+    async def _run_replicated(self, name: str, keys: Sequence[str], args: Sequence[Any]
+                              ) -> Any:
+        """`_run` for a write that is acknowledged: with `replicas`, the script
+        and a `WAIT` go on one connection (WAIT waits for what its own
+        connection wrote).
+
+        Raises:
+            StoreError: fewer replicas than `replicas` confirmed the write in
+                time (it is applied on the primary, and may be lost if the
+                primary fails: the writer is not told it is done).
+        """
+        if not self.replicas:
+            return await self._run(name, keys, args)
+        if self._closed:
+            raise trio.ClosedResourceError("the store is closed")
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                result: Any = self._scripts[name](keys=keys, args=args, client=pipe)
+                confirmed = pipe.wait(self.replicas, max(int(self.replica_timeout * 1000), 1))
+            status, replicas = await result, await confirmed
+        except coredis.exceptions.RedisError as exc:
+            raise StoreError(f"Redis failed: {exc}") from exc
+        if status[0] == b"ok" and replicas < self.replicas:
+            self.unreplicated += 1
+            raise StoreError(f"{replicas} of the {self.replicas} replicas required confirmed "
+                             f"a write within {self.replica_timeout:g} s")
+        return status
 
     async def _call(self, command: Any) -> Any:
         if self._closed:
@@ -223,7 +258,7 @@ class RedisStore:
         data_key = new_data_key()
         key_id, wrapped = self.keyring.wrap(sid, data_key)
         cipher = SessionCipher(sid, data_key)
-        status = await self._run("CREATE", self._session_keys(sid), [
+        status = await self._run_replicated("CREATE", self._session_keys(sid), [
             sid, self._epoch, _num(meta.deadline), key_id, wrapped,
             cipher.seal("snapshot", 0, snapshot), *_meta_values(meta)])
         if status[0] == b"exists":
@@ -246,7 +281,8 @@ class RedisStore:
                            *_meta_values(meta)]
         for e in events:
             args += [e.seq, _num(e.ts), cipher.seal("event", e.seq, e.payload)]
-        status = await self._run("APPEND", self._session_keys(sid)[:3], args)
+        run = self._run_replicated if events else self._run
+        status = await run("APPEND", self._session_keys(sid)[:3], args)
         if status[0] != b"ok":
             raise self._refusal(sid, status)
 

@@ -3,7 +3,6 @@ and one key ring, which a test kills, pauses and restarts."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -11,15 +10,14 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
-import trio
 from redis_server import RedisServer
 
 # `nexusd serve` as a subprocess (tests/durability/daemon_process.py).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "durability"))
 
-from daemon_process import DaemonProcess  # noqa: E402
+from daemon_process import DaemonProcess
 
-from nexusd.store import KeyRing  # noqa: E402
+from nexusd.store import KeyRing
 
 
 class Cluster:
@@ -84,19 +82,3 @@ async def cluster(tmp_path: Path, socket_dir: Path, redis_server: RedisServer,
     """A cluster with no daemon yet (`await cluster.start(n)`), on the run's Redis."""
     async with AsyncExitStack() as stack:
         yield Cluster(tmp_path, socket_dir, redis_server.url, redis_prefix, stack)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def wait_for(condition, what: str, bound: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    with trio.move_on_after(bound):
-        while not await condition():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"not within {bound}s: {what}")

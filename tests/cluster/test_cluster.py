@@ -9,6 +9,7 @@ import nexus_protocol as p
 import pytest
 import trio
 from conftest import Cluster
+from daemon_process import wait_until
 from nexus_client import AsyncClient, ConnectionLost, SessionExpired, Unavailable, open_client
 
 
@@ -47,9 +48,7 @@ async def test_a_session_written_on_one_daemon_is_watched_and_written_on_another
         written = await b.set(info.session_id, "from-b", True)  # forwarded to its owner
         assert (await a.get(info.session_id, "from-b")).value is True
         assert (await b.get(info.session_id, "k10")).value == 10
-        with trio.fail_after(10):
-            while not seen or seen[-1] < written.seq:
-                await trio.sleep(0.01)
+        await wait_until(lambda: seen and seen[-1] >= written.seq, "b saw every change")
         assert seen == list(range(1, written.seq + 1))  # the snapshot at 1, then each change
         nursery.cancel_scope.cancel()
 
@@ -89,20 +88,17 @@ async def test_kill_9_of_the_owner_under_writes_loses_nothing_acknowledged(
         stop = trio.Event()
         counter = itertools.count(1)
         nursery.start_soon(write_until, writer, info.session_id, acked, stop, counter)
-        with trio.fail_after(10):
-            while len(acked) < 20:
-                await trio.sleep(0.01)
+        await wait_until(lambda: len(acked) >= 20, "20 writes acknowledged")
         await owner.kill()
         killed_at = len(acked)
-        with trio.fail_after(15):  # the lease (1.5 s) and a reconnection, with room
-            while len(acked) < killed_at + 20:
-                await trio.sleep(0.01)
+        # The lease (1.5 s) and a reconnection, with room to spare.
+        await wait_until(lambda: len(acked) >= killed_at + 20, "20 writes after the kill",
+                         bound=15)
         stop.set()
         assert writer.target.path != cluster.socket(0)  # it went on through another endpoint
         last = max(acked.values())
-        with trio.fail_after(10):
-            while not (seen1 and seen2 and seen1[-1] >= last and seen2[-1] >= last):
-                await trio.sleep(0.01)
+        await wait_until(lambda: min(seen1[-1], seen2[-1]) >= last,
+                         "both watchers saw the last write")
         nursery.cancel_scope.cancel()
     async with open_client(cluster.socket(2)) as reader:
         reader.set_token(info.session_id, info.token)
@@ -144,9 +140,7 @@ async def test_a_paused_former_owner_cannot_write_once_its_session_was_taken_ove
         nursery.start_soon(stale_write)  # waits in daemon 0's socket buffer
         await trio.sleep(0.2)
         cluster.resume(0)
-        with trio.fail_after(10):
-            while not outcome:
-                await trio.sleep(0.01)
+        await wait_until(lambda: outcome, "daemon 0 answered the stale write")
         assert isinstance(outcome[0], Unavailable), outcome  # refused, not acknowledged
         entry = await new.get(info.session_id, "k")
         assert (entry.value, entry.version) == ("taken over", taken.version)

@@ -8,12 +8,14 @@ import itertools
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 import trio
 from conftest import Cluster
-from nexus_client import open_client
+from daemon_process import wait_until
+from nexus_client import AsyncClient, SessionInfo, Unavailable, open_client
 from redis_server import RedisServer, free_port
 from test_cluster import collect, gap_free, write_until
 
@@ -29,7 +31,6 @@ def own_redis() -> Iterator[RedisServer]:
 
 async def test_a_redis_killed_and_restarted_from_its_aof_loses_nothing_acknowledged(
         tmp_path: Path, socket_dir: Path, own_redis: RedisServer, redis_prefix: str) -> None:
-    from contextlib import AsyncExitStack
     async with AsyncExitStack() as stack:
         cluster = Cluster(tmp_path, socket_dir, own_redis.url, redis_prefix, stack,
                           "--durability", "power")
@@ -44,22 +45,17 @@ async def test_a_redis_killed_and_restarted_from_its_aof_loses_nothing_acknowled
             stop = trio.Event()
             nursery.start_soon(write_until, writer, info.session_id, acked, stop,
                                itertools.count(1))
-            with trio.fail_after(10):
-                while len(acked) < 20:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: len(acked) >= 20, "20 writes acknowledged")
             own_redis.kill()
             before = len(acked)
             await trio.sleep(0.3)  # writes fail meanwhile; none is acknowledged
             assert len(acked) <= before + 1  # at most one answered as Redis died
             own_redis.restart()
-            with trio.fail_after(20):
-                while len(acked) < before + 20:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: len(acked) >= before + 20,
+                             "20 writes acknowledged after the restart", bound=20)
             stop.set()
             last = max(acked.values())
-            with trio.fail_after(10):
-                while not seen or seen[-1] < last:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: seen and seen[-1] >= last, "the watcher saw the last write")
             nursery.cancel_scope.cancel()
         async with open_client(cluster.socket(1)) as reader:
             reader.set_token(info.session_id, info.token)
@@ -79,10 +75,12 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
                           env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("nexusd: error:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
+def one_error_line(result: subprocess.CompletedProcess[str] | subprocess.CompletedProcess[bytes]
+                   ) -> str:
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    lines = [line for line in stderr.splitlines() if line.startswith("nexusd: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
     return lines[0]
 
 
@@ -130,11 +128,48 @@ async def test_a_daemon_with_another_key_ring_is_refused(
     stranger.mkdir(mode=0o700)
     (stranger / "keys").write_text(KeyRing.generate().to_json())
     (stranger / "keys").chmod(0o600)
-    result = subprocess.run(
+    result = await trio.run_process(
         [sys.executable, "-m", "nexusd", "serve", "--data", str(stranger), "--socket",
          str(tmp_path / "s2"), "--ws", "off", "--http", "off", "--engine", cluster.url,
-         "--engine-prefix", cluster.prefix], capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+         "--engine-prefix", cluster.prefix], capture_stdout=True, capture_stderr=True,
+        check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 1
     assert "key ring is not the one the other daemons seal sessions with" in \
         one_error_line(result)
+
+
+async def test_with_engine_replicas_a_write_is_acknowledged_only_once_a_replica_holds_it(
+        tmp_path: Path, socket_dir: Path, own_redis: RedisServer, redis_prefix: str) -> None:
+    replica = RedisServer(("--replicaof", "127.0.0.1", str(own_redis.port), "--save", ""))
+    async with AsyncExitStack() as stack:
+        stack.callback(replica.close)
+        replica.start()
+        cluster = Cluster(tmp_path, socket_dir, own_redis.url, redis_prefix, stack,
+                          "--engine-replicas", "1", "--replica-timeout", "300ms")
+        await cluster.start(1)
+        async with open_client(cluster.socket(0)) as c:
+            info = await wait_for_replica(c)
+            await c.set(info.session_id, "k", 1)
+            replica.kill()
+            with pytest.raises(Unavailable, match="replicas"):
+                await c.set(info.session_id, "k", 2)  # applied on the primary alone
+            replica.start()
+            await wait_until(lambda: ok_write(c, info.session_id), "writes acknowledged again")
+
+
+async def wait_for_replica(c: AsyncClient) -> SessionInfo:
+    """Creates a session once the replica has caught up with the primary."""
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await c.create_session()
+            except Unavailable:
+                await trio.sleep(0.1)
+
+
+async def ok_write(c: AsyncClient, session_id: str) -> bool:
+    try:
+        await c.set(session_id, "k", 3)
+    except Unavailable:
+        return False
+    return True
