@@ -6,10 +6,12 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from cluster_procs import Cluster
 from redis_server import RedisServer, redis_server_binary
 
 
@@ -49,3 +51,11 @@ _prefixes = itertools.count()
 def redis_prefix() -> str:
     """A key prefix no other test of this run uses."""
     return f"t{os.getpid()}-{next(_prefixes)}"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, socket_dir: Path, redis_server: RedisServer,
+                  redis_prefix: str) -> AsyncIterator[Cluster]:
+    """A cluster with no daemon yet (`await cluster.start(n)`), on the run's Redis."""
+    async with AsyncExitStack() as stack:
+        yield Cluster(tmp_path, socket_dir, redis_server.url, redis_prefix, stack)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from bus_helpers import RETENTION
 
 from nexusd._bus import Bus, LocalBus
+
+# The daemon tests' raw protocol client, for the contract across daemons.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
 
 
 @pytest.fixture(params=["LocalBus"])

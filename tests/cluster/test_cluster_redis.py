@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import Cluster
+from cluster_procs import Cluster
 from daemon_process import wait_until
 from nexus_client import AsyncClient, SessionInfo, Unavailable, open_client
 from redis_server import RedisServer, free_port

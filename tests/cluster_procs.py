@@ -1,19 +1,15 @@
-"""Fixtures of the cluster tests: daemons as subprocesses sharing one Redis
-and one key ring, which a test kills, pauses and restarts."""
+"""Several daemons as subprocesses sharing one Redis and one key ring, which
+a test kills, pauses and restarts (the `cluster` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import pytest
-from redis_server import RedisServer
-
 # `nexusd serve` as a subprocess (tests/durability/daemon_process.py).
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "durability"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "durability"))
 
 from daemon_process import DaemonProcess
 
@@ -74,11 +70,3 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join(f"--- daemon {i}\n{d.log_text()[-3000:]}"
                          for i, d in enumerate(self.daemons))
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, socket_dir: Path, redis_server: RedisServer,
-                  redis_prefix: str) -> AsyncIterator[Cluster]:
-    """A cluster with no daemon yet (`await cluster.start(n)`), on the run's Redis."""
-    async with AsyncExitStack() as stack:
-        yield Cluster(tmp_path, socket_dir, redis_server.url, redis_prefix, stack)
