@@ -133,6 +133,36 @@ async def test_lagged_watch_resumes_from_its_cursor(server: FakeServer, sock_pat
                 None, 1]
 
 
+async def test_a_resume_answered_unavailable_is_retried_as_the_daemon_says(
+        server: FakeServer, sock_path: str, autojump_clock: trio.testing.MockClock) -> None:
+    async with nc.open_client(sock_path) as c:
+        sid = (await c.create_session()).session_id
+        async with c.watch(sid) as events:
+            await next_event(events, nc.Presence)
+            await server.write(sid, "k", 1)
+            await changes(events, 1)
+            # The session's daemon is being replaced: resumes fail for a while.
+            server.inject("attach", "unavailable", "the daemon that had it stopped; retry",
+                          retry_after=1.5, times=2)
+            await server.lag(sid)
+            await server.write(sid, "k", 2)
+            started = trio.current_time()
+            assert [e.seq for e in await changes(events, 1)] == [2]
+            assert trio.current_time() - started >= 3.0  # twice retry_after
+            assert [a.since for a in server.requests_of("attach")] == [  # type: ignore[attr-defined]
+                None, 1, 1, 1]
+
+
+async def test_a_first_attach_answered_unavailable_is_the_callers_to_retry(
+        server: FakeServer, sock_path: str) -> None:
+    async with nc.open_client(sock_path) as c:
+        sid = (await c.create_session()).session_id
+        server.inject("attach", "unavailable", "not now", retry_after=1.0)
+        with pytest.raises(nc.Unavailable):
+            async with c.watch(sid) as events:
+                await next_event(events)
+
+
 async def test_slow_consumer_overflows_then_catches_up_without_gaps(
         server: FakeServer, sock_path: str) -> None:
     async with nc.open_client(sock_path) as c:

@@ -19,6 +19,9 @@ Guarantees, as the iterating task sees them:
 * A slow consumer never stalls the connection or other watches. When the
   buffer is full the event is dropped and the watch marks itself overflowed;
   it resumes from its cursor as described above (a local `Lagged`).
+* A resume the daemon answers `unavailable` or `busy` (its store restarting,
+  the session's daemon in a cluster being replaced) is retried with the
+  client's backoff, at least as late as the daemon's ``retry_after``.
 * The watch ends (``StopAsyncIteration``) after yielding `Expired` or
   `Invalidated`. If the session ended while the watch was disconnected, the
   resume fails and the iterator raises `SessionExpired` or `SessionNotFound`.
@@ -48,7 +51,7 @@ from nexus_protocol import (
 )
 
 from ._core import _ClientCore
-from ._errors import ConnectionLost, NexusError
+from ._errors import Busy, ConnectionLost, NexusError, Unavailable
 from ._link import _Link
 
 __all__ = ["Watch", "WatchStatistics"]
@@ -224,6 +227,7 @@ class Watch:
             return Attach(id=rid, session_id=sid, token=client._token(sid, self._token),
                           since=self.cursor, scope=self._scope, channel=self._channel)
 
+        attempt = 0
         while True:
             try:
                 await client._request(build, Attached, session_id=sid, on_reply=on_reply)
@@ -231,6 +235,16 @@ class Watch:
                 if client._can_reconnect():
                     continue  # the connection dropped mid-attach: again on the next one
                 raise
+            except (Unavailable, Busy) as exc:
+                # Resuming, and the daemon says to retry (its store is back in
+                # a moment, the session's daemon is being replaced): as told.
+                backoff = client._backoff
+                if not self._attaches or not client._can_reconnect() or backoff is None \
+                        or backoff.gives_up_after(attempt):
+                    raise
+                await trio.sleep(backoff.delay(attempt, exc.retry_after))
+                attempt += 1
+                continue
             self._attaches += 1
             return
 
