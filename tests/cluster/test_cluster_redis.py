@@ -145,11 +145,11 @@ async def test_with_engine_replicas_a_write_is_acknowledged_only_once_a_replica_
         stack.callback(replica.close)
         replica.start()
         cluster = Cluster(tmp_path, socket_dir, own_redis.url, redis_prefix, stack,
-                          "--engine-replicas", "1", "--replica-timeout", "300ms")
+                          "--engine-replicas", "1")
         await cluster.start(1)
         async with open_client(cluster.socket(0)) as c:
             info = await wait_for_replica(c)
-            await c.set(info.session_id, "k", 1)
+            await wait_until(lambda: ok_write(c, info.session_id), "a write acknowledged")
             replica.kill()
             with pytest.raises(Unavailable, match="replicas"):
                 await c.set(info.session_id, "k", 2)  # applied on the primary alone
