@@ -90,7 +90,9 @@ class Config:
         metadata={"choices": DURABILITIES,
                   "help": "when a write is acknowledged: process (in the OS: survives "
                           "kill -9 of the daemon), power (fsync'd: survives power loss), "
-                          "memory (nothing on disk)"})
+                          "memory (nothing on disk); with --engine, what Redis's "
+                          "persistence must guarantee (appendonly for process, and "
+                          "appendfsync always for power)"})
     engine: str | None = attrs.field(
         default=None, repr=False,
         metadata={"help": "where sessions live: off (the embedded store in DATA) or a Redis "

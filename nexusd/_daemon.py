@@ -37,7 +37,7 @@ from ._reaper import Deadlines, Reaper
 from ._registry import Registry, SessionPolicy
 from ._service import SessionService
 from ._version import __version__
-from .cluster import ClusterNode, open_cluster
+from .cluster import ClusterNode, node_id, open_cluster
 from .http import HttpChannel, HttpListener, HttpSettings, Metrics
 from .session._actor import ActorConfig
 from .session._analytics import ChannelAnalytics
@@ -200,8 +200,8 @@ class Daemon:
                 ring=load_keyring(config.data), retention=config.retention,
                 lease=config.lease, limits=self.limits,
                 forward_timeout=config.forward_timeout, queue_bytes=config.queue_bytes,
-                replicas=config.engine_replicas,
-                replica_timeout=config.replica_timeout) as cluster:
+                replicas=config.engine_replicas, replica_timeout=config.replica_timeout,
+                node=node_id(config.data)) as cluster:
             self.cluster = cluster
             self.store = cluster.store
             await self._run(task_status)

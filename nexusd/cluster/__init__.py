@@ -7,4 +7,5 @@ from ._link import Link as Link
 from ._link import LinkSeal as LinkSeal
 from ._membership import Membership as Membership
 from ._node import ClusterNode as ClusterNode
+from ._node import node_id as node_id
 from ._node import open_cluster as open_cluster

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -23,13 +25,15 @@ from ._forward import Forwarder, Service
 from ._link import Link, LinkSeal
 from ._membership import Membership
 
-__all__ = ["ClusterNode", "open_cluster"]
+__all__ = ["ClusterNode", "node_id", "open_cluster"]
 
 log = logging.getLogger("nexusd.cluster")
 
 #: Check values of the master keys the cluster's data is sealed under: a
 #: daemon whose ring lacks them would seal what the others cannot open.
 _KEYS_FIELD: Final = "keys"
+#: In the data directory: this daemon's node id (see `node_id`).
+NODE_FILE: Final = "node"
 #: How often a request for a session whose owner is gone asks whether its
 #: lease has lapsed, and how much longer than a lease it waits for that.
 _TAKEOVER_POLL: Final = 0.05
@@ -130,6 +134,19 @@ class ClusterNode:
                 **self.forwarder.statistics(), "link": self.link.statistics.as_dict()}
 
 
+def node_id(data: Path) -> str:
+    """The id of the daemon that runs on data directory `data`, made (and
+    kept in DATA/node) on its first start: what is this daemon's own in
+    Redis across its restarts (its analytics)."""
+    path = data / NODE_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        node = secrets.token_hex(8)
+        path.write_text(node + "\n")
+        return node
+
+
 async def check_key_ring(store: RedisStore, ring: KeyRing) -> None:
     """Refuses a key ring that is not the cluster's, and records its keys.
 
@@ -160,10 +177,11 @@ async def check_key_ring(store: RedisStore, ring: KeyRing) -> None:
 @contextlib.asynccontextmanager
 async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
                        retention: int, lease: float, limits: Limits, forward_timeout: float,
-                       queue_bytes: int, replicas: int = 0, replica_timeout: float = 1.0
-                       ) -> AsyncIterator[ClusterNode]:
+                       queue_bytes: int, replicas: int = 0, replica_timeout: float = 1.0,
+                       node: str = "0") -> AsyncIterator[ClusterNode]:
     """Opens the Redis engine at `url` and makes this daemon a node of its
     cluster (joined by `ClusterNode.run`); closes the engine on the way out.
+    `node` names this daemon across its restarts (see `node_id`).
 
     Raises:
         StoreError: Redis cannot be used (see `open_redis_store`), or the key
@@ -171,7 +189,7 @@ async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
     """
     store = await open_redis_store(url, durability=durability, keyring=ring,
                                    retention_events=retention, prefix=prefix)
-    store.replicas, store.replica_timeout = replicas, replica_timeout
+    store.replicas, store.replica_timeout, store.node = replicas, replica_timeout, node
     try:
         await check_key_ring(store, ring)
         if replicas:

@@ -11,7 +11,7 @@ Layout (prefix P, "nexus" by default; see the scripts in `_redis_scripts`):
   the history retained before it.
 - ``P:deadlines`` (sid by deadline) and ``P:ids`` (sid, by id): sorted sets,
   the reaper's index and the listing; ``P:ended:{sid}``: why a session
-  ended, for a day; ``P:analytics``: the analytics document;
+  ended, for a day; ``P:analytics:<node>``: each daemon's analytics document;
   ``P:epoch``: the counter that gives each daemon its epoch.
 
 Redis never holds plaintext state: snapshots and event payloads are sealed
@@ -128,6 +128,9 @@ class RedisStore:
             "DUE", "LIST", "NEXT_DEADLINE")}
         self._closed = False
         self.unreplicated = 0  # writes refused: too few replicas confirmed them
+        #: Which daemon this is across its restarts (its data directory's
+        #: node id): the key of its analytics document.
+        self.node = "0"
         # What `aclose` exits: the client's connection pool, if the store entered it.
         self._exit = contextlib.AsyncExitStack()
 
@@ -392,13 +395,18 @@ class RedisStore:
         return n
 
     async def save_analytics(self, doc: bytes) -> None:
-        """Stores the daemon-wide analytics document, replacing the last."""
-        await self._call(self.client.set(f"{self.prefix}:analytics", doc))
+        """Stores this daemon's analytics document (``P:analytics:<node>``, one
+        per daemon: each counts what it served), replacing the last."""
+        await self._call(self.client.set(self._analytics_key, doc))
 
     async def load_analytics(self) -> bytes | None:
-        """The analytics document last stored, or None."""
-        doc: bytes | None = await self._call(self.client.get(f"{self.prefix}:analytics"))
+        """The analytics document this daemon last stored, or None."""
+        doc: bytes | None = await self._call(self.client.get(self._analytics_key))
         return doc
+
+    @property
+    def _analytics_key(self) -> str:
+        return f"{self.prefix}:analytics:{self.node}"
 
     async def aclose(self) -> None:
         """Closes the client if the store opened it (`open_redis_store`).
