@@ -10,7 +10,14 @@ import pytest
 import trio
 from cluster_procs import Cluster
 from daemon_process import wait_until
-from nexus_client import AsyncClient, ConnectionLost, SessionExpired, Unavailable, open_client
+from nexus_client import (
+    AsyncClient,
+    Conflict,
+    ConnectionLost,
+    SessionExpired,
+    Unavailable,
+    open_client,
+)
 
 
 async def collect(client: AsyncClient, session_id: str, into: list[int],
@@ -177,3 +184,29 @@ async def test_only_one_daemon_reaps_and_every_daemon_knows_why_a_session_ended(
             c.set_token(info.session_id, info.token)
             with pytest.raises(SessionExpired, match="ttl"):
                 await c.get(info.session_id, "k")
+
+
+async def test_conflicts_and_order_hold_across_daemons(cluster: Cluster) -> None:
+    await cluster.start(2)
+    async with open_client(cluster.socket(0)) as a, open_client(cluster.socket(1)) as b:
+        info = await a.create_session()
+        b.set_token(info.session_id, info.token)
+        first = await a.set(info.session_id, "k", "a")
+        # Both saw version 1; the owner serialises them: one wins, one conflicts.
+        results: list[object] = []
+
+        async def write(client: AsyncClient, value: str) -> None:
+            try:
+                results.append(await client.set(info.session_id, "k", value,
+                                                expect=first.version))
+            except Conflict as exc:
+                results.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, a, "from a")
+            nursery.start_soon(write, b, "from b")
+        assert sorted(type(r).__name__ for r in results) == ["Conflict", "WriteResult"]
+        # One seq per change, whichever daemon the writer used.
+        seqs = [(await c.set(info.session_id, f"n{i}", i)).seq
+                for i, c in enumerate([a, b, a, b, b, a])]
+        assert seqs == list(range(first.seq + 2, first.seq + 8))
