@@ -38,6 +38,7 @@ import trio
 from nexus_protocol import (
     Attach,
     Attached,
+    Detach,
     Error,
     ErrorCode,
     Lagged,
@@ -209,6 +210,8 @@ class Forwarder:
         principal = env.principal
         fid = next(self._ids)
         sid = request.session_id
+        if type(request) in (Attach, Detach):  # replaces (or ends) a subscription here
+            self._unsubscribe(principal, sid)
         self._out[fid] = _Forwarded(env.sink, principal, owner, request,
                                     type(request) is Attach, trio.current_time())
         self._by_client.setdefault(principal.connection_id, set()).add(fid)
@@ -240,7 +243,16 @@ class Forwarder:
                 fids.discard(fid)
                 if not fids:
                     del self._by_client[f.principal.connection_id]
+            if f.attach and f.answered:
+                f.principal.subscriptions.discard(f.session_id)
         return f
+
+    def _unsubscribe(self, principal: Principal, session_id: str) -> None:
+        """Forgets `principal`'s subscription to `session_id` through its owner."""
+        for fid in list(self._by_client.get(principal.connection_id, ())):
+            f = self._out[fid]
+            if f.attach and f.answered and f.session_id == session_id:
+                self._drop(fid)
 
     def _replied(self, fid: int, body: bytes, scope: str | None) -> None:
         f = self._out.get(fid)
@@ -253,6 +265,9 @@ class Forwarder:
             f.answered = True
             if f.attach and type(message) is Attached:
                 f.seq = message.seq
+                # Watching, here as on the owner (an idle connection that
+                # watches is not closed).
+                f.principal.subscriptions.add(f.session_id)
             else:
                 self._drop(fid)
         elif type(message) is Lagged:

@@ -238,3 +238,19 @@ async def test_a_request_the_owner_never_answers_fails_after_the_timeout(
     await trio.sleep(2.1)
     error, = sink.replies
     assert isinstance(error, p.Error) and error.code == "unavailable" and error.id == 4
+
+
+async def test_a_subscription_through_the_owner_counts_as_one_here_until_it_ends(
+        pair: Pair) -> None:
+    principal, sink = client(), Sink()
+    owner_side = await attached(pair, sink, principal)
+    # Watching: the connection is not idle (its idle timeout spares it).
+    assert principal.subscriptions == {"s"}
+    pair.forward(principal, p.Detach(id=2, session_id="s"), Sink())
+    await pair.pump()
+    assert principal.subscriptions == set()
+    # Nothing of the ended subscription is delivered any more.
+    owner_side.push_event(change(4))  # type: ignore[attr-defined]
+    await pair.pump()
+    assert sink.events == []
+    assert pair.fwd[B].statistics()["waiting"] == 0
