@@ -16,6 +16,7 @@ from ._crypto import IntegrityError as IntegrityError
 from ._crypto import KeyRing as KeyRing
 from ._crypto import KeyRingError as KeyRingError
 from ._interface import IDLE_LAG as IDLE_LAG
+from ._interface import Fenced as Fenced
 from ._interface import KeyManagement as KeyManagement
 from ._interface import LoadedSession as LoadedSession
 from ._interface import SessionMeta as SessionMeta
@@ -27,7 +28,6 @@ from ._memory import MemoryStore as MemoryStore
 from ._open import DURABILITIES as DURABILITIES
 from ._open import open_store as open_store
 from ._redis import REDIS_DURABILITIES as REDIS_DURABILITIES
-from ._redis import Fenced as Fenced
 from ._redis import RedisStore as RedisStore
 from ._redis import open_redis_store as open_redis_store
 from ._sqlite import SqliteStore as SqliteStore

@@ -23,6 +23,7 @@ import attrs
 
 __all__ = [
     "IDLE_LAG",
+    "Fenced",
     "KeyManagement",
     "LoadedSession",
     "SessionMeta",
@@ -45,6 +46,12 @@ IDLE_LAG: Final = 10.0
 class StoreError(Exception):
     """The store cannot do what was asked: it cannot be opened, does not
     match its keys, or the disk failed a commit."""
+
+
+class Fenced(StoreError):
+    """The session is owned by another daemon (or by none): this daemon may
+    not write to it. Nothing was changed. Only a store shared by several
+    daemons (the Redis engine) has owners."""
 
 
 def check_snapshot_seq(session_id: str, seq: int, stored: int) -> None:

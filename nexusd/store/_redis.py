@@ -44,6 +44,7 @@ import trio
 from . import _redis_scripts as scripts
 from ._crypto import KeyRing, SessionCipher, new_data_key
 from ._interface import (
+    Fenced,
     KeyManagement,
     LoadedSession,
     SessionMeta,
@@ -52,16 +53,11 @@ from ._interface import (
     check_snapshot_seq,
 )
 
-__all__ = ["REDIS_DURABILITIES", "Fenced", "RedisStore", "open_redis_store"]
+__all__ = ["REDIS_DURABILITIES", "RedisStore", "open_redis_store"]
 
 _CIPHER_CACHE: Final = 4096  # data keys kept unwrapped, as the SQLite store does
 #: How long a tombstone (`ended`) outlives its session, in seconds.
 TOMBSTONE_SECONDS: Final = 86400
-
-
-class Fenced(StoreError):
-    """The session is owned by another daemon (or by none): this daemon may
-    not write to it. Nothing was changed."""
 
 
 def _num(x: float) -> bytes:
