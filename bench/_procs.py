@@ -283,6 +283,17 @@ class Processes:
                     raise BenchError(f"redis-server did not start:\n{_tail(log)}") from None
                 time.sleep(0.05)
 
+    def spawn(self, name: str, argv: list[str], wait_for: set[str],
+              timeout: float = 30.0) -> Server:
+        """Any server: `argv` started in the repository, its log watched until
+        it says it listens on each transport of `wait_for` ("unix", "ws",
+        "http").
+
+        Raises:
+            BenchError: it exited or did not say so within `timeout` seconds.
+        """
+        return self._spawn(name, argv, wait_for, timeout)
+
     def start(self, *factories: Callable[[], Server | None]) -> list[Server | None]:
         """Starts servers side by side (each factory is one of the methods
         above, or a lambda around one); their results in order."""
@@ -308,11 +319,13 @@ class Processes:
 
 #: redis-server flags for each nexusd durability: "memory" keeps nothing;
 #: "process" has each write in the append-only file (the OS holds it) before
-#: the reply, so it survives kill -9; "power" fsyncs the file on every write.
+#: the reply, so it survives kill -9; "power" fsyncs the file on every write;
+#: "everysec" fsyncs it every second (what the Redis engine's tests run).
 REDIS_DURABILITY: dict[str, list[str]] = {
     "none": ["--appendonly", "no"],
     "memory": ["--appendonly", "no"],
     "process": ["--appendonly", "yes", "--appendfsync", "no"],
+    "everysec": ["--appendonly", "yes", "--appendfsync", "everysec"],
     "power": ["--appendonly", "yes", "--appendfsync", "always"],
 }
 
