@@ -82,6 +82,10 @@ class Cluster(Protocol):
     def forward(self, owner: int, item: Envelope) -> None:
         """Sends `item` to daemon `owner`, which answers into its sink."""
 
+    def owner_of(self, session_id: str, item: Envelope) -> int | None:
+        """The live daemon last found owning the session, if known: `item`
+        goes there without asking Redis again."""
+
     def disconnect(self, principal: Principal) -> None:
         """The principal's channel is gone: the daemons that served it hear so."""
 
@@ -480,6 +484,13 @@ class Registry:
         Raises:
             RequestError: `not_found`, `expired`, or `busy`.
         """
+        cluster = self._cluster
+        if cluster is not None and session_id not in self._actors \
+                and session_id not in self._activating and type(item) is Envelope:
+            owner = cluster.owner_of(session_id, item)
+            if owner is not None:
+                cluster.forward(owner, item)
+                return
         for _ in range(8):
             try:
                 actor = await self.actor_for(session_id)

@@ -222,6 +222,11 @@ class Forwarder:
         self._link.send(owner, [REQ, fid, principal.connection_id, about, body], len(body))
         self.forwarded += 1
 
+    @staticmethod
+    def forwarded_here(env: Envelope) -> bool:
+        """Whether `env` is a request another daemon forwarded to this one."""
+        return type(env.sink) is _RemoteSink
+
     def disconnect(self, principal: Principal) -> None:
         """The client is gone: its owners are told, its subscriptions end."""
         fids = self._by_client.pop(principal.connection_id, None)

@@ -38,6 +38,9 @@ NODE_FILE: Final = "node"
 #: lease has lapsed, and how much longer than a lease it waits for that.
 _TAKEOVER_POLL: Final = 0.05
 _TAKEOVER_SLACK: Final = 0.5
+#: Sessions whose owner elsewhere a daemon remembers (forwarding without a
+#: lookup in Redis); the oldest are forgotten past it.
+_OWNERS_KEPT: Final = 100_000
 
 
 class ClusterNode:
@@ -56,6 +59,8 @@ class ClusterNode:
                          deliver=self._deliver, gone=self._gone, reset=self._reset)
         self.forwarder = Forwarder(self.link, limits=limits, timeout=forward_timeout,
                                    queue_bytes=queue_bytes, retry_after=lease)
+        # Session -> the daemon last found owning it, oldest first.
+        self._owners: dict[str, int] = {}
         self.membership = Membership(store.client, store.prefix, store.epoch, lease=lease,
                                      endpoints=endpoints or {}, peers=self.forwarder.peers,
                                      gone=self._gone, alive=self.forwarder.alive)
@@ -74,10 +79,14 @@ class ClusterNode:
         """The session's owner, made this daemon if no live daemon holds it.
         An owner found gone whose lease has not lapsed yet is waited for (a
         lease at most): the request is then served here, not failed."""
+        self._owners.pop(session_id, None)
         give_up = None
         while True:
             owner = await self.store.acquire(session_id)
-            if owner is None or owner == self._epoch or not self.forwarder.gone(owner):
+            if owner is None or owner == self._epoch:
+                return owner
+            if not self.forwarder.gone(owner):
+                self._remember(session_id, owner)
                 return owner
             now = trio.current_time()
             give_up = now + self.lease + _TAKEOVER_SLACK if give_up is None else give_up
@@ -90,6 +99,26 @@ class ClusterNode:
 
     def forward(self, owner: int, item: Envelope) -> None:
         self.forwarder.forward(owner, item)
+
+    def owner_of(self, session_id: str, item: Envelope) -> int | None:
+        """The daemon last found owning the session, unless it was found gone
+        since. It may have let the session go meanwhile (hibernated): it then
+        takes it again to serve what it is sent, or forwards it on. A request
+        another daemon forwarded here is not sent on by memory but by what
+        Redis says (`acquire`): no two daemons send it round in a circle."""
+        if self.forwarder.forwarded_here(item):
+            return None
+        owner = self._owners.get(session_id)
+        if owner is not None and self.forwarder.gone(owner):
+            del self._owners[session_id]
+            return None
+        return owner
+
+    def _remember(self, session_id: str, owner: int) -> None:
+        owners = self._owners
+        owners[session_id] = owner
+        if len(owners) > _OWNERS_KEPT:
+            del owners[next(iter(owners))]  # the oldest
 
     def disconnect(self, principal: Principal) -> None:
         self.forwarder.disconnect(principal)

@@ -210,3 +210,22 @@ async def test_conflicts_and_order_hold_across_daemons(cluster: Cluster) -> None
         seqs = [(await c.set(info.session_id, f"n{i}", i)).seq
                 for i, c in enumerate([a, b, a, b, b, a])]
         assert seqs == list(range(first.seq + 2, first.seq + 8))
+
+
+async def test_a_daemon_forwards_by_memory_even_after_the_owner_let_the_session_go(
+        cluster: Cluster) -> None:
+    await cluster.start(2, "--hibernate-after", "300ms")
+    async with open_client(cluster.socket(0)) as a, open_client(cluster.socket(1)) as b:
+        info = await a.create_session()
+        b.set_token(info.session_id, info.token)
+        first = await b.set(info.session_id, "k", 1)  # found owned by daemon 0
+        await wait_until(lambda: hibernated(a), "daemon 0 let the session go", bound=10)
+        # Daemon 1 still sends it to daemon 0, which takes the session again.
+        again = await b.set(info.session_id, "k", 2)
+        assert again.seq == first.seq + 1
+        assert (await a.get(info.session_id, "k")).value == 2
+
+
+async def hibernated(client: AsyncClient) -> bool:
+    stats = await client.stats()
+    return bool(stats["hibernations"] >= 1 and stats["sessions_active"] == 0)
