@@ -144,12 +144,17 @@ class Link:
             batches = [(to, list(queue)) for to, queue in self._queues.items() if queue]
             self._queues.clear()
             self._bytes.clear()
+            messages = [(self.channel(to), self._seal.seal(
+                to, msgpack.packb([self.epoch, frames], use_bin_type=True)))
+                for to, frames in batches]
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pending = [(to, pipe.publish(self.channel(to), self._seal.seal(
-                        to, msgpack.packb([self.epoch, frames], use_bin_type=True))))
-                        for to, frames in batches]
-                received = [await result for _, result in pending]
+                if len(messages) == 1:  # the usual case: a pipeline costs more
+                    received = [await self._client.publish(*messages[0])]
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        pending = [pipe.publish(channel, message)
+                                   for channel, message in messages]
+                    received = [await result for result in pending]
             except Exception as exc:  # Redis unreachable: the frames may be lost
                 log.warning("link: %d messages to other daemons lost: %s", len(batches), exc)
                 self._reset()  # the daemons may well be alive: only the link failed
