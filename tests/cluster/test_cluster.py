@@ -91,14 +91,17 @@ async def test_kill_9_of_the_owner_under_writes_loses_nothing_acknowledged(
         cluster: Cluster) -> None:
     owner, *_ = await cluster.start(3)
     endpoints = [cluster.socket(i) for i in range(3)]
-    async with open_client(endpoints) as writer, open_client(cluster.socket(1)) as w1, \
-            open_client(cluster.socket(2)) as w2, trio.open_nursery() as nursery:
+    async with open_client(endpoints) as writer, open_client(endpoints) as w0, \
+            open_client(cluster.socket(1)) as w1, open_client(cluster.socket(2)) as w2, \
+            trio.open_nursery() as nursery:
         assert writer.target.path == cluster.socket(0)
         info = await writer.create_session()  # owned by daemon 0
-        for watcher in (w1, w2):
+        for watcher in (w0, w1, w2):
             watcher.set_token(info.session_id, info.token)
+        seen0: list[int] = []  # a client of the daemon that dies
         seen1: list[int] = []
         seen2: list[int] = []
+        await nursery.start(collect, w0, info.session_id, seen0)
         await nursery.start(collect, w1, info.session_id, seen1)
         await nursery.start(collect, w2, info.session_id, seen2)
         acked: dict[int, int] = {}
@@ -118,14 +121,16 @@ async def test_kill_9_of_the_owner_under_writes_loses_nothing_acknowledged(
         state = await writer.get(info.session_id)
         # Writes answered `unavailable` may be there too: the watchers see
         # every change the session has.
-        await wait_until(lambda: min(seen1[-1], seen2[-1]) >= state.seq,
-                         "both watchers saw the last change")
+        await wait_until(lambda: min(seen0[-1], seen1[-1], seen2[-1]) >= state.seq,
+                         "every watcher saw the last change")
+        assert w0.target.path != cluster.socket(0)  # it moved to another endpoint
         nursery.cancel_scope.cancel()
     for i in acked:
         assert state.entries[f"w{i}"].value == i, f"acknowledged write w{i} lost"
-    # The watchers on the surviving daemons missed nothing, in order.
-    assert gap_free(seen1) and gap_free(seen2), (seen1, seen2)
-    assert seen1[-1] == seen2[-1] == state.seq
+    # The watchers missed nothing, in order: those on the surviving daemons,
+    # and the one that resumed from its seq on another daemon.
+    assert gap_free(seen0) and gap_free(seen1) and gap_free(seen2), (seen0, seen1, seen2)
+    assert seen0[-1] == seen1[-1] == seen2[-1] == state.seq
 
 
 async def test_a_paused_former_owner_cannot_write_once_its_session_was_taken_over(
