@@ -266,7 +266,7 @@ class Daemon:
                 async with trio.open_nursery() as services:
                     self._services = services
                     if cluster is not None:
-                        await services.start(cluster.run, self.service)
+                        await services.start(cluster.run, self.service, self.registry.let_go)
                     await services.start(self.reaper.run)
                     assert self.service.workflows is not None
                     await services.start(self.service.workflows.run)

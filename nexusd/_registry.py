@@ -86,6 +86,10 @@ class Cluster(Protocol):
         """The live daemon last found owning the session, if known: `item`
         goes there without asking Redis again."""
 
+    def holds_lease(self) -> bool:
+        """Whether this daemon's lease is surely still held: while it may have
+        lapsed, another daemon may own any session."""
+
     def disconnect(self, principal: Principal) -> None:
         """The principal's channel is gone: the daemons that served it hear so."""
 
@@ -461,6 +465,19 @@ class Registry:
                 raise await self._gone_anywhere(session_id)
             if owner != self._cluster.epoch:
                 raise _Elsewhere(owner)
+            try:
+                return await self._load(session_id)
+            except BaseException:
+                # Not active here after all: let another daemon have it.
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    try:
+                        await self._cluster.release(session_id)
+                    except Exception as exc:
+                        log.warning("session %s: cannot release it: %s", session_id, exc)
+                raise
+        return await self._load(session_id)
+
+    async def _load(self, session_id: str) -> SessionActor:
         loaded = await self._store.load(session_id)
         if loaded is None:
             raise await self._gone_anywhere(session_id)
@@ -485,6 +502,11 @@ class Registry:
             RequestError: `not_found`, `expired`, or `busy`.
         """
         cluster = self._cluster
+        if cluster is not None and not cluster.holds_lease():
+            raise RequestError(ErrorCode.UNAVAILABLE,
+                               "this daemon's lease in its cluster may have lapsed (it was "
+                               "paused, or cut off from Redis); retry",
+                               retry_after=1.0)
         if cluster is not None and session_id not in self._actors \
                 and session_id not in self._activating and type(item) is Envelope:
             owner = cluster.owner_of(session_id, item)
@@ -541,6 +563,17 @@ class Registry:
         finally:
             del self._activating[sid]
             done.set()
+
+    def let_go(self) -> None:
+        """This daemon's cluster lease lapsed (it was paused, or cut off from
+        Redis): other daemons may have taken any of its sessions over, so
+        every actor lets its session go (see `SessionActor.let_go`)."""
+        actors = list(self._actors.values())
+        if actors:
+            log.warning("letting %d active sessions go: this daemon's lease lapsed and "
+                        "other daemons may have taken them over", len(actors))
+        for actor in actors:
+            actor.let_go()
 
     def disconnect(self, principal: Principal) -> None:
         """The principal's channel is gone: in a cluster, the daemons that

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
@@ -74,6 +75,13 @@ DROP: Final = 4
 _DEAD_FOR: Final = 60.0
 
 
+def _change_seq(body: bytes) -> int | None:
+    """The seq of an encoded `change` event; None for any other event."""
+    event = msgpack.unpackb(body)
+    seq = event.get("seq") if event.get("t") == "change" else None
+    return seq if isinstance(seq, int) else None
+
+
 class Service:
     """What forwarding needs of the session service (typing only)."""
 
@@ -95,8 +103,7 @@ class _Forwarded:
     attach: bool
     sent: float
     answered: bool = False
-    seq: int = 0  # the session's seq when attached
-    last: bytes | None = None  # the last live event delivered
+    seq: int = 0  # the last change its client was sent (at first: attached at)
 
     @property
     def session_id(self) -> str:
@@ -106,7 +113,7 @@ class _Forwarded:
 class _RemoteSink:
     """Where the owner's actor answers a forwarded request: over the link."""
 
-    __slots__ = ("_fwd", "answered", "dead", "fid", "key", "session_id", "to")
+    __slots__ = ("__weakref__", "_fwd", "answered", "dead", "fid", "key", "session_id", "to")
 
     def __init__(self, fwd: Forwarder, to: int, fid: int, key: tuple[int, str],
                  session_id: str) -> None:
@@ -120,6 +127,8 @@ class _RemoteSink:
 
     @property
     def closed(self) -> bool:
+        """Its client is gone (or asked for nothing more): a watcher with this
+        sink no longer keeps the session in memory."""
         return self.dead
 
     def reply(self, message: Message) -> None:
@@ -130,7 +139,10 @@ class _RemoteSink:
         if not self.answered:
             self.answered = True
             if type(message) is Attached:
-                fwd._sinks[(self.to, self.fid)] = self
+                if remote is None:  # its client left while the attach was served
+                    self.dead = True
+                else:
+                    fwd._sinks[(self.to, self.fid)] = self
             fwd._answered(self.key)
 
     def reply_event(self, body: bytes) -> None:
@@ -171,7 +183,10 @@ class Forwarder:
         self._remote: dict[tuple[int, str], Principal] = {}
         self._queues: dict[tuple[int, str], deque[tuple[Message, _RemoteSink]]] = {}
         self._unanswered: dict[tuple[int, str], int] = {}
-        self._sinks: dict[tuple[int, int], _RemoteSink] = {}
+        # The subscriptions served for other daemons' clients, while their
+        # actor holds them (a watcher ended there is forgotten here).
+        self._sinks: weakref.WeakValueDictionary[tuple[int, int], _RemoteSink] = \
+            weakref.WeakValueDictionary()
         # Daemons found gone (a message to them reached nobody) -> when.
         self._dead: dict[int, float] = {}
         self.forwarded = self.served = self.failed = self.rerouted = 0
@@ -183,7 +198,7 @@ class Forwarder:
     def statistics(self) -> dict[str, int]:
         return {"forwarded": self.forwarded, "served_for_others": self.served,
                 "failed": self.failed, "rerouted": self.rerouted, "waiting": len(self._out),
-                "remote_clients": len(self._remote)}
+                "remote_clients": len(self._remote), "remote_subscriptions": len(self._sinks)}
 
     async def run(self, service: Service, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -197,6 +212,8 @@ class Forwarder:
                 await trio.sleep(min(1.0, self.timeout))
                 now = trio.current_time()
                 self._expire_waiting(now - self.timeout)
+                for key in list(self._remote):
+                    self._tidy(key)
                 for epoch in [e for e, when in self._dead.items() if now - when > _DEAD_FOR]:
                     del self._dead[epoch]
 
@@ -276,7 +293,10 @@ class Forwarder:
             else:
                 self._drop(fid)
         elif type(message) is Lagged:
+            # The subscription ended on the owner: the client resumes from
+            # what it was delivered here.
             self._drop(fid)
+            message = Lagged(session_id=f.session_id, seq=f.seq)
         f.sink.reply(message)
 
     def _event(self, sender: int, fid: int, body: bytes, live: bool) -> None:
@@ -288,23 +308,20 @@ class Forwarder:
         if not live:
             f.sink.reply_event(body)
             return
+        seq = _change_seq(body)
+        # A change missing before this one (a message between the daemons
+        # was lost) is lagging too: the client resumes from the last it got.
+        in_order = seq is None or seq == f.seq + 1
         push = getattr(f.sink, "push_event", None)
-        if push is not None and push(body):
-            f.last = body
+        if in_order and push is not None and push(body):
+            if seq is not None:
+                f.seq = seq
             return
         # Lagging here: the client resumes from the last change it was sent.
         self._drop(fid)
         self._link.send(sender, [DROP, fid])
-        f.sink.reply(Lagged(session_id=f.session_id, seq=self._resume_seq(f)))
+        f.sink.reply(Lagged(session_id=f.session_id, seq=f.seq))
 
-    def _resume_seq(self, f: _Forwarded) -> int:
-        """The seq of the last change `f`'s client received (resuming from an
-        earlier one is safe: it drops what it has)."""
-        if f.last is not None:
-            seq = msgpack.unpackb(f.last).get("seq")
-            if isinstance(seq, int):
-                return seq
-        return f.seq
 
     def gone(self, epoch: int) -> bool:
         """Whether daemon `epoch` was found gone lately (its lease may not
@@ -323,7 +340,7 @@ class Forwarder:
             self._fail(fid, f"the daemon that had session {self._out[fid].session_id} "
                             "stopped; retry")
         for key in [key for key in self._remote if key[0] == owner]:
-            self._bye(key)
+            self._bye(key, notify=True)
 
     def _reroute(self, fid: int) -> None:
         f = self._drop(fid)
@@ -331,6 +348,19 @@ class Forwarder:
             return
         self.rerouted += 1
         self._nursery.start_soon(self._service.submit, f.principal, f.request, f.sink)
+
+    def lost(self, to: int, frames: list[list[Any]]) -> None:
+        """`frames` to daemon `to` may not have arrived: a request among them
+        is answered `unavailable` (its outcome unknown), a subscription that
+        may have missed an event there is told `lagged`."""
+        for frame in frames:
+            if frame[0] == REQ:
+                self._fail(frame[1], "a message to the session's daemon was lost; retry")
+            elif frame[0] == EVT and frame[3]:
+                sink = self._sinks.pop((to, frame[1]), None)
+                if sink is not None and not sink.dead:
+                    sink.reply(Lagged(session_id=sink.session_id, seq=0))
+                    sink.dead = True
 
     def reset(self) -> None:
         """This daemon's link was cut: anything may have been lost."""
@@ -343,7 +373,7 @@ class Forwarder:
             return
         self.failed += 1
         if f.attach and f.answered:
-            f.sink.reply(Lagged(session_id=f.session_id, seq=self._resume_seq(f)))
+            f.sink.reply(Lagged(session_id=f.session_id, seq=f.seq))
         else:
             f.sink.reply(Error(id=f.request.id, code=ErrorCode.UNAVAILABLE.value,
                                message=message, retry_after=self.retry_after))
@@ -433,11 +463,19 @@ class Forwarder:
                 and key not in self._queues and key not in self._unanswered:
             del self._remote[key]
 
-    def _bye(self, key: tuple[int, str]) -> None:
+    def _bye(self, key: tuple[int, str], *, notify: bool = False) -> None:
+        """Forgets a remote client; with `notify` (its daemon was found gone,
+        perhaps wrongly), its subscriptions are told `lagged` on the way, so
+        that a client still there resumes."""
         principal = self._remote.pop(key, None)
         self._unanswered.pop(key, None)
         for sink_key in [k for k, sink in self._sinks.items() if sink.key == key]:
-            self._sinks.pop(sink_key).dead = True
+            sink = self._sinks.pop(sink_key)
+            if notify and not sink.dead:
+                # The seq is the forwarding daemon's to fill in: it knows
+                # what it delivered.
+                sink.reply(Lagged(session_id=sink.session_id, seq=0))
+            sink.dead = True
         if principal is not None and principal.subscriptions and self._nursery is not None \
                 and self._service is not None:
             self._nursery.start_soon(self._service.disconnect, principal)

@@ -41,9 +41,11 @@ _RESUBSCRIBE_AFTER: Final = 0.2
 
 
 class LinkSeal:
-    """Seals and opens link messages with keys derived from a key ring."""
+    """Seals and opens link messages with keys derived from a key ring,
+    bound to the cluster (`prefix`) and the daemon a message is for."""
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing, prefix: str = "") -> None:
+        self._prefix = prefix.encode()
         self._current, key = ring.derive(_PURPOSE)
         self._aeads = {self._current: AESGCM(key)}
         self._ring = ring
@@ -54,9 +56,8 @@ class LinkSeal:
             aead = self._aeads[key_id] = AESGCM(self._ring.derive(_PURPOSE, key_id)[1])
         return aead
 
-    @staticmethod
-    def _aad(to: int) -> bytes:
-        return b"nexusd/link/v1\0" + str(to).encode()
+    def _aad(self, to: int) -> bytes:
+        return b"nexusd/link/v1\0" + self._prefix + b"\0" + str(to).encode()
 
     def seal(self, to: int, plaintext: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -77,10 +78,11 @@ class LinkSeal:
 
 
 class LinkStatistics:
-    __slots__ = ("frames_in", "frames_out", "messages_out", "refused", "resets")
+    __slots__ = ("frames_in", "frames_out", "messages_out", "refused", "replays", "resets")
 
     def __init__(self) -> None:
-        self.frames_in = self.frames_out = self.messages_out = self.refused = self.resets = 0
+        self.frames_in = self.frames_out = self.messages_out = self.refused = 0
+        self.replays = self.resets = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -91,13 +93,15 @@ class Link:
 
     `deliver(sender, frame)` is called for each frame received, in order;
     `gone(epoch, frames)` when a message to `epoch` reached no daemon (with
-    its frames, undelivered); `reset()` after this daemon's subscription was
-    lost and made again.
+    its frames, undelivered); `lost(epoch, frames)` when Redis failed to take
+    a message (its frames may or may not have arrived); `reset()` after this
+    daemon's subscription was lost and made again.
     """
 
     def __init__(self, client: Any, prefix: str, epoch: int, seal: LinkSeal, *,
                  deliver: Callable[[int, list[Any]], None],
                  gone: Callable[[int, list[list[Any]]], None],
+                 lost: Callable[[int, list[list[Any]]], None],
                  reset: Callable[[], None]) -> None:
         self._client = client
         self._prefix = prefix
@@ -105,8 +109,16 @@ class Link:
         self._seal = seal
         self._deliver = deliver
         self._gone = gone
+        self._lost = lost
         self._reset = reset
         self._queues: dict[int, deque[list[Any]]] = {}
+        # Messages are numbered per destination; a receiver takes each
+        # sender's numbers in increasing order only (a replayed message,
+        # which Redis or anyone who can publish there could send, is dropped).
+        # Kept for every daemon ever heard from, even one found gone: it may
+        # have been paused only (one number per daemon started, a few bytes).
+        self._sent: dict[int, int] = {}
+        self._heard: dict[int, int] = {}
         self._bytes: dict[int, int] = {}
         self._wake = trio.Event()
         self.statistics = LinkStatistics()
@@ -145,7 +157,7 @@ class Link:
             self._queues.clear()
             self._bytes.clear()
             messages = [(self.channel(to), self._seal.seal(
-                to, msgpack.packb([self.epoch, frames], use_bin_type=True)))
+                to, msgpack.packb([self.epoch, self._number(to), frames], use_bin_type=True)))
                 for to, frames in batches]
             try:
                 if len(messages) == 1:  # the usual case: a pipeline costs more
@@ -157,7 +169,8 @@ class Link:
                     received = [await result for result in pending]
             except Exception as exc:  # Redis unreachable: the frames may be lost
                 log.warning("link: %d messages to other daemons lost: %s", len(batches), exc)
-                self._reset()  # the daemons may well be alive: only the link failed
+                for to, frames in batches:  # the daemons may well be alive
+                    self._lost(to, frames)
                 await trio.sleep(_RESUBSCRIBE_AFTER)
                 continue
             for (to, frames), n in zip(batches, received, strict=True):
@@ -192,13 +205,23 @@ class Link:
                 log.warning("link: lost the subscription to %s: %s", channel, exc)
                 await trio.sleep(_RESUBSCRIBE_AFTER)
 
+    def _number(self, to: int) -> int:
+        n = self._sent[to] = self._sent.get(to, 0) + 1
+        return n
+
     def _received(self, data: bytes) -> None:
         plaintext = self._seal.open(self.epoch, data)
         if plaintext is None:
             log.warning("link: a message that the key ring cannot open was dropped "
                         "(do all daemons share one key ring?)")
             return
-        sender, frames = msgpack.unpackb(plaintext, raw=False, strict_map_key=False)
+        sender, number, frames = msgpack.unpackb(plaintext, raw=False, strict_map_key=False)
+        if number <= self._heard.get(sender, 0):
+            self.statistics.replays += 1
+            log.warning("link: a message from daemon %s came again (number %d) and was "
+                        "dropped", sender, number)
+            return
+        self._heard[sender] = number
         self.statistics.frames_in += len(frames)
         for frame in frames:
             try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -51,11 +52,13 @@ return 0
 class Membership:
     """See the module's docstring. `peers()` names the daemons to check;
     `gone(epoch)` is called for each whose lease has lapsed, `alive(epoch)`
-    for each whose lease is held."""
+    for each whose lease is held; `lapsed()` when this daemon finds its own
+    lease had lapsed (it was paused, or cut off from Redis, past the lease)."""
 
     def __init__(self, client: Any, prefix: str, epoch: int, *, lease: float,
                  endpoints: dict[str, Any], peers: Callable[[], Iterable[int]],
-                 gone: Callable[[int], None], alive: Callable[[int], None]) -> None:
+                 gone: Callable[[int], None], alive: Callable[[int], None],
+                 lapsed: Callable[[], None] = lambda: None) -> None:
         self._client = client
         self._prefix = prefix
         self.epoch = epoch
@@ -64,6 +67,10 @@ class Membership:
         self._peers = peers
         self._gone = gone
         self._alive = alive
+        self.lapsed = lapsed
+        #: Until when (trio's clock) the lease is surely held: a lease from
+        #: the last renewal sent, not answered.
+        self.held_until = -math.inf
         self.reaper = False  # whether this daemon holds the reaper's lease
         self._last_renewed = 0.0
         self._failing = False
@@ -97,12 +104,16 @@ class Membership:
 
     async def _renew(self) -> None:
         ms = max(int(self.lease * 1000), 1)
+        sent = trio.current_time()
         before = await self._client.set(self.live_key(self.epoch), self._value, px=ms, get=True)
+        self.held_until = sent + self.lease
         if before is None and self._last_renewed:
             # Paused or cut off past the lease: sessions taken over meanwhile
-            # refuse this daemon's writes (their owner is another epoch now).
+            # refuse this daemon's writes (their owner is another epoch now),
+            # and their readers here must go to the new owner.
             log.warning("cluster: this daemon's lease had lapsed; renewed it")
-        self._last_renewed = trio.current_time()
+            self.lapsed()
+        self._last_renewed = sent
         self.reaper = bool(await self._reaper_script(keys=[f"{self._prefix}:reaper"],
                                                      args=[str(self.epoch), ms]))
 

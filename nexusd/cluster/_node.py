@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
 import trio
+from coredis.tokens import PureToken
 from nexus_protocol import Limits
 
 from .._principal import Principal
@@ -41,6 +42,8 @@ _TAKEOVER_SLACK: Final = 0.5
 #: Sessions whose owner elsewhere a daemon remembers (forwarding without a
 #: lookup in Redis); the oldest are forgotten past it.
 _OWNERS_KEPT: Final = 100_000
+#: Epochs a daemon tries before it gives up finding one no live daemon holds.
+_EPOCH_TRIES: Final = 16
 
 
 class ClusterNode:
@@ -55,8 +58,9 @@ class ClusterNode:
         self.store = store
         self._epoch = store.epoch
         self.lease = lease
-        self.link = Link(store.client, store.prefix, store.epoch, LinkSeal(ring),
-                         deliver=self._deliver, gone=self._gone, reset=self._reset)
+        self.link = Link(store.client, store.prefix, store.epoch, LinkSeal(ring, store.prefix),
+                         deliver=self._deliver, gone=self._gone, lost=self._lost,
+                         reset=self._reset)
         self.forwarder = Forwarder(self.link, limits=limits, timeout=forward_timeout,
                                    queue_bytes=queue_bytes, retry_after=lease)
         # Session -> the daemon last found owning it, oldest first.
@@ -131,6 +135,9 @@ class ClusterNode:
     def _gone(self, epoch: int, undelivered: list[list[Any]] | None = None) -> None:
         self.forwarder.owner_gone(epoch, undelivered)
 
+    def _lost(self, epoch: int, frames: list[list[Any]]) -> None:
+        self.forwarder.lost(epoch, frames)
+
     def _reset(self) -> None:
         self.forwarder.reset()
 
@@ -140,9 +147,16 @@ class ClusterNode:
         (one daemon of the cluster at a time)."""
         return self.membership.reaper
 
-    async def run(self, service: Service, *,
+    def holds_lease(self) -> bool:
+        """Whether this daemon's lease is surely held (see `Membership`)."""
+        return trio.current_time() < self.membership.held_until
+
+    async def run(self, service: Service, let_go: Callable[[], None], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Joins, links and forwards until cancelled."""
+        """Joins, links and forwards until cancelled; `let_go()` is called
+        when this daemon finds its lease had lapsed (every session it has
+        may have been taken over)."""
+        self.membership.lapsed = let_go
         async with trio.open_nursery() as nursery:
             await nursery.start(self.membership.run)
             await nursery.start(self.link.run)
@@ -161,6 +175,25 @@ class ClusterNode:
     def statistics(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "reaper": self.reaper, "lease_seconds": self.lease,
                 **self.forwarder.statistics(), "link": self.link.statistics.as_dict()}
+
+
+async def claim_epoch(store: RedisStore, lease: float) -> None:
+    """Makes sure no live daemon has the store's epoch (Redis may have lost
+    the counter's last increments: a restart without fsync, a replica
+    promoted), taking the next one while it does; holds its lease.
+
+    Raises:
+        StoreError: no free epoch in a few tries.
+    """
+    for _ in range(_EPOCH_TRIES):
+        claimed = await store.client.set(f"{store.prefix}:live:{store.epoch}", "{}",
+                                         px=max(int(lease * 1000), 1), condition=PureToken.NX)
+        if claimed:
+            return
+        log.warning("cluster: epoch %d is held by a live daemon; taking another", store.epoch)
+        store.use_epoch(int(await store.client.incr(f"{store.prefix}:epoch")))
+    raise StoreError(f"no free epoch in {_EPOCH_TRIES} tries: is {store.prefix}:epoch being "
+                     "reset?")
 
 
 def node_id(data: Path) -> str:
@@ -220,6 +253,7 @@ async def open_cluster(url: str, *, prefix: str, durability: str, ring: KeyRing,
                                    retention_events=retention, prefix=prefix)
     store.replicas, store.replica_timeout, store.node = replicas, replica_timeout, node
     try:
+        await claim_epoch(store, lease)
         await check_key_ring(store, ring)
         if replicas:
             info = await store.client.info("replication")

@@ -237,6 +237,24 @@ class SessionActor:
         its snapshot and ends."""
         self._send.close()
 
+    def let_go(self) -> None:
+        """Another daemon may own the session now (this daemon's cluster
+        lease lapsed): its watchers are told `lagged` and resume wherever it
+        is, and the actor ends like `close`, its writes refused if it was
+        taken over."""
+        self._drop_watchers()
+        self._close_mailbox()
+
+    def _drop_watchers(self) -> None:
+        """Tells every watcher `lagged` at the session's seq and forgets it:
+        each resumes from what it was sent, activating the session anew."""
+        lagged = Lagged(session_id=self.session_id, seq=self._topic.seq)
+        for cid in list(self._watchers):
+            watcher = self._watchers[cid]
+            self._topic.unsubscribe(cid)
+            watcher.principal.subscriptions.discard(self.session_id)
+            watcher.reply(lagged)
+
     def send_nowait(self, item: MailItem) -> bool:
         """Queues `item` if the mailbox has room; False if not, or if the actor ended."""
         try:
@@ -267,12 +285,7 @@ class SessionActor:
                               "store", self.session_id)
             # Watchers resume from what they last saw, which reactivates the
             # session from its durable state.
-            lagged = Lagged(session_id=self.session_id, seq=self._topic.seq)
-            for cid in list(self._watchers):
-                watcher = self._watchers[cid]
-                self._topic.unsubscribe(cid)
-                watcher.principal.subscriptions.discard(self.session_id)
-                watcher.reply(lagged)
+            self._drop_watchers()
         finally:
             self._end(ErrorCode.UNAVAILABLE, why)
 

@@ -130,6 +130,11 @@ class RedisStore:
         # What `aclose` exits: the client's connection pool, if the store entered it.
         self._exit = contextlib.AsyncExitStack()
 
+    def use_epoch(self, epoch: int) -> None:
+        """Writes as daemon `epoch` from now on (the fencing token)."""
+        self.epoch = epoch
+        self._epoch = str(epoch).encode()
+
     @property
     def keys(self) -> KeyManagement | None:
         """None: the key ring is shared by every daemon on the Redis, so it

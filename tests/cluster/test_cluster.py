@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import coredis
 import nexus_protocol as p
 import pytest
 import trio
@@ -16,6 +17,7 @@ from nexus_client import (
     ConnectionLost,
     SessionExpired,
     Unavailable,
+    WriteResult,
     open_client,
 )
 
@@ -234,3 +236,82 @@ async def test_a_daemon_forwards_by_memory_even_after_the_owner_let_the_session_
 async def hibernated(client: AsyncClient) -> bool:
     stats = await client.stats()
     return bool(stats["hibernations"] >= 1 and stats["sessions_active"] == 0)
+
+
+async def set_retrying(client: AsyncClient, session_id: str, key: str, value: object
+                       ) -> WriteResult:
+    """`set`, again while the daemon says to retry (a takeover under way)."""
+    with trio.fail_after(15):
+        while True:
+            try:
+                return await client.set(session_id, key, value)
+            except Unavailable:
+                await trio.sleep(0.1)
+
+
+async def test_a_watcher_of_a_paused_former_owner_follows_the_session_to_its_new_owner(
+        cluster: Cluster) -> None:
+    await cluster.start(2)
+    async with open_client(cluster.socket(0)) as old, open_client(cluster.socket(0)) as watcher, \
+            open_client(cluster.socket(1)) as new, trio.open_nursery() as nursery:
+        info = await old.create_session()
+        await old.set(info.session_id, "k", "first")
+        for c in (watcher, new):
+            c.set_token(info.session_id, info.token)
+        seen: list[int] = []
+        await nursery.start(collect, watcher, info.session_id, seen)
+        cluster.pause(0)
+        await trio.sleep(2.5)  # past the lease: daemon 1 takes over, never asking daemon 0
+        taken = await set_retrying(new, info.session_id, "k", "taken over")
+        cluster.resume(0)
+        # Daemon 0 lets the session go: its watcher resumes through the new
+        # owner, and its readers read what the new owner has.
+        await wait_until(lambda: seen and seen[-1] >= taken.seq,
+                         "the watcher on daemon 0 got the new owner's change")
+        assert gap_free(seen), seen
+        with trio.fail_after(10):
+            while True:
+                try:
+                    entry = await old.get(info.session_id, "k")
+                    break
+                except Unavailable:
+                    await trio.sleep(0.1)
+        assert entry.value == "taken over"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_watcher_through_a_paused_forwarding_daemon_keeps_getting_changes(
+        cluster: Cluster) -> None:
+    await cluster.start(2)
+    async with open_client(cluster.socket(0)) as owner, \
+            open_client(cluster.socket(1)) as watcher, trio.open_nursery() as nursery:
+        info = await owner.create_session()
+        await owner.set(info.session_id, "k", 0)
+        watcher.set_token(info.session_id, info.token)
+        seen: list[int] = []
+        await nursery.start(collect, watcher, info.session_id, seen)
+        cluster.pause(1)
+        await trio.sleep(2.5)  # past the lease: the owner finds daemon 1 gone
+        await owner.set(info.session_id, "k", 1)
+        cluster.resume(1)
+        written = await set_retrying(owner, info.session_id, "k", 2)
+        await wait_until(lambda: seen and seen[-1] >= written.seq,
+                         "the watcher on daemon 1 got every change")
+        assert gap_free(seen), seen
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_daemon_never_shares_an_epoch_with_a_live_one(cluster: Cluster) -> None:
+    await cluster.start(1)
+    # Redis lost the counter's last increments (no fsync before a crash, a
+    # replica promoted): the next daemon must not take daemon 0's epoch.
+    redis = coredis.Redis.from_url(cluster.url, decode_responses=True)
+    async with redis:
+        await redis.set(f"{cluster.prefix}:epoch", "0")
+    await cluster.start(1)
+    assert "is held by a live daemon; taking another" in cluster.daemons[1].log_text()
+    async with open_client(cluster.socket(0)) as a, open_client(cluster.socket(1)) as b:
+        info = await a.create_session()
+        b.set_token(info.session_id, info.token)
+        await b.set(info.session_id, "k", "through daemon 1")  # forwarded, not its own
+        assert (await a.get(info.session_id, "k")).value == "through daemon 1"

@@ -4,6 +4,7 @@ service a fake that answers as an actor would."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import nexus_protocol as p
@@ -254,3 +255,73 @@ async def test_a_subscription_through_the_owner_counts_as_one_here_until_it_ends
     await pair.pump()
     assert sink.events == []
     assert pair.fwd[B].statistics()["waiting"] == 0
+
+
+async def test_the_owner_forgets_a_remote_subscription_once_it_ended(pair: Pair) -> None:
+    principal, sink = client(), Sink()
+    owner_side = await attached(pair, sink, principal)
+    assert pair.fwd[A].statistics()["remote_subscriptions"] == 1
+    # The actor drops its watcher (a detach, a lag, the session's end).
+    pair.owner.sinks.clear()
+    del owner_side
+    gc.collect()
+    assert pair.fwd[A].statistics()["remote_subscriptions"] == 0
+
+
+async def test_the_owner_forgets_a_remote_client_whose_subscription_lagged(
+        pair: Pair, autojump_clock: trio.testing.MockClock) -> None:
+    principal, sink = client(), Sink()
+    owner_side = await attached(pair, sink, principal)
+    remote = next(iter(pair.fwd[A]._remote.values()))
+    remote.subscriptions.discard("s")  # as the actor does when its watcher lags
+    owner_side.reply(p.Lagged(session_id="s", seq=3))
+    await pair.pump()
+    assert sink.replies[-1] == p.Lagged(session_id="s", seq=3)
+    pair.fwd[B].disconnect(principal)  # nothing left to say goodbye for
+    await trio.sleep(1.5)  # the owner's sweep
+    assert pair.fwd[A].statistics()["remote_clients"] == 0
+
+
+async def test_a_change_lost_between_the_daemons_makes_the_subscriber_resume(
+        pair: Pair) -> None:
+    sink = Sink()
+    owner_side = await attached(pair, sink)
+    for seq in (4, 5, 6):
+        owner_side.push_event(change(seq))  # type: ignore[attr-defined]
+    lost = [frame for to, frame in pair.links[A].queued if frame[0] == 2 and
+            decode_body(frame[2]).seq == 5]  # type: ignore[attr-defined]
+    pair.links[A].queued = [(to, f) for to, f in pair.links[A].queued if f not in lost]
+    await pair.pump()
+    assert [e.seq for e in sink.events] == [4]  # type: ignore[attr-defined]
+    assert sink.replies[-1] == p.Lagged(session_id="s", seq=4)  # resumes after 4
+
+
+async def test_frames_redis_failed_to_take_end_the_requests_and_lag_the_subscriptions(
+        pair: Pair) -> None:
+    sink = Sink()
+    owner_side = await attached(pair, sink)
+    owner_side.push_event(change(4))  # type: ignore[attr-defined]
+    frames = [frame for _, frame in pair.links[A].queued]
+    pair.links[A].queued.clear()
+    pair.fwd[A].lost(B, frames)  # the publish failed: these may not have arrived
+    await pair.pump()
+    assert sink.replies[-1] == p.Lagged(session_id="s", seq=3)  # nothing after the attach
+    waiting = Sink()
+    pair.forward(client("c2"), p.Get(id=5, session_id="s"), waiting)
+    frames = [frame for _, frame in pair.links[B].queued]
+    pair.links[B].queued.clear()
+    pair.fwd[B].lost(A, frames)
+    error, = waiting.replies
+    assert isinstance(error, p.Error) and error.code == "unavailable" and error.id == 5
+
+
+async def test_a_daemon_found_gone_tells_its_clients_subscriptions_to_resume(
+        pair: Pair) -> None:
+    sink = Sink()
+    owner_side = await attached(pair, sink)
+    owner_side.push_event(change(4))  # type: ignore[attr-defined]
+    await pair.pump()
+    pair.fwd[A].owner_gone(B)  # its lease lapsed: paused, perhaps, not dead
+    await pair.pump()
+    assert sink.replies[-1] == p.Lagged(session_id="s", seq=4)
+    assert pair.owner.disconnected == ["c1@2"]
