@@ -30,7 +30,7 @@ import itertools
 import logging
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -70,6 +70,9 @@ EVT: Final = 2
 BYE: Final = 3
 #: forwarding -> owner: [DROP, fid]: send that subscription nothing more
 DROP: Final = 4
+#: owner -> forwarding: [MOVED, fid, owner]: not this daemon's session (any
+#: more): the request was not served; send it to `owner`
+MOVED: Final = 5
 
 #: How long a daemon found gone is remembered as gone (its lease lapses sooner).
 _DEAD_FOR: Final = 60.0
@@ -162,11 +165,16 @@ class Forwarder:
     `timeout` bounds how long a forwarded request waits for its answer;
     `queue_bytes` how much may wait to be sent to one daemon before the
     subscriptions it serves count as lagging; `retry_after` is what a client
-    is told to wait when the owner went away (about one lease).
+    is told to wait when the owner went away (about one lease);
+    `on_moved(session_id, owner)` is told where a session was found to be
+    when a daemon that no longer has it sent a request back.
     """
 
     def __init__(self, link: Link, *, limits: Limits, timeout: float, queue_bytes: int,
-                 retry_after: float) -> None:
+                 retry_after: float,
+                 on_moved: Callable[[str, int], None] = lambda session_id, owner: None
+                 ) -> None:
+        self._on_moved = on_moved
         self._link = link
         self._limits = limits
         self.timeout = timeout
@@ -243,6 +251,24 @@ class Forwarder:
     def forwarded_here(env: Envelope) -> bool:
         """Whether `env` is a request another daemon forwarded to this one."""
         return type(env.sink) is _RemoteSink
+
+    def moved(self, env: Envelope, owner: int) -> None:
+        """Tells the daemon that forwarded `env` here that daemon `owner` has
+        its session: it sends the request there itself (a forwarded request
+        is never forwarded on: it could arrive late, after its sender gave
+        up on it and the client asked again, and be served twice)."""
+        sink = env.sink
+        assert type(sink) is _RemoteSink
+        self._link.send(sink.to, [MOVED, sink.fid, owner])
+        sink.answered = True
+        self._answered(sink.key)
+
+    def _moved(self, fid: int, owner: int) -> None:
+        f = self._drop(fid)
+        if f is None:
+            return  # answered meanwhile (its daemon found gone): not served
+        self._on_moved(f.session_id, owner)
+        self._reroute_forwarded(f)
 
     def disconnect(self, principal: Principal) -> None:
         """The client is gone: its owners are told, its subscriptions end."""
@@ -344,7 +370,12 @@ class Forwarder:
 
     def _reroute(self, fid: int) -> None:
         f = self._drop(fid)
-        if f is None or self._nursery is None or self._service is None:
+        if f is not None:
+            self._reroute_forwarded(f)
+
+    def _reroute_forwarded(self, f: _Forwarded) -> None:
+        """Serves again, here, a request that was never served elsewhere."""
+        if self._nursery is None or self._service is None:
             return
         self.rerouted += 1
         self._nursery.start_soon(self._service.submit, f.principal, f.request, f.sink)
@@ -402,6 +433,8 @@ class Forwarder:
             self._request(sender, frame[1], frame[2], frame[3], frame[4])
         elif kind == BYE:
             self._bye((sender, frame[1]))
+        elif kind == MOVED:
+            self._moved(frame[1], frame[2])
         elif kind == DROP:
             sink = self._sinks.pop((sender, frame[1]), None)
             if sink is not None:

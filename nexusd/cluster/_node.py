@@ -62,7 +62,8 @@ class ClusterNode:
                          deliver=self._deliver, gone=self._gone, lost=self._lost,
                          reset=self._reset)
         self.forwarder = Forwarder(self.link, limits=limits, timeout=forward_timeout,
-                                   queue_bytes=queue_bytes, retry_after=lease)
+                                   queue_bytes=queue_bytes, retry_after=lease,
+                                   on_moved=self._moved)
         # Session -> the daemon last found owning it, oldest first.
         self._owners: dict[str, int] = {}
         self.membership = Membership(store.client, store.prefix, store.epoch, lease=lease,
@@ -102,7 +103,16 @@ class ClusterNode:
         await self.store.release(session_id)
 
     def forward(self, owner: int, item: Envelope) -> None:
-        self.forwarder.forward(owner, item)
+        if self.forwarder.forwarded_here(item):
+            self.forwarder.moved(item, owner)  # its sender sends it on
+        else:
+            self.forwarder.forward(owner, item)
+
+    def _moved(self, session_id: str, owner: int) -> None:
+        if owner == self._epoch:
+            self._owners.pop(session_id, None)
+        else:
+            self._remember(session_id, owner)
 
     def owner_of(self, session_id: str, item: Envelope) -> int | None:
         """The daemon last found owning the session, unless it was found gone

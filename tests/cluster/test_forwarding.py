@@ -325,3 +325,24 @@ async def test_a_daemon_found_gone_tells_its_clients_subscriptions_to_resume(
     await pair.pump()
     assert sink.replies[-1] == p.Lagged(session_id="s", seq=4)
     assert pair.owner.disconnected == ["c1@2"]
+
+
+async def test_a_request_for_a_session_that_moved_is_sent_back_not_on(pair: Pair) -> None:
+    moved: list[tuple[str, int]] = []
+    pair.fwd[B]._on_moved = lambda sid, owner: moved.append((sid, owner))
+    b_service = OwnerService()
+    pair.fwd[B]._service = b_service  # where B serves what comes back
+
+    async def elsewhere(principal: Principal, request: Message, sink: ReplySink) -> None:
+        # A's registry found that daemon 3 owns the session now.
+        pair.fwd[A].moved(Envelope(request, principal, sink), 3)  # type: ignore[arg-type]
+
+    pair.owner.submit = elsewhere  # type: ignore[method-assign]
+    principal, sink = client(), Sink()
+    pair.forward(principal, p.Set(id=8, session_id="s", key="k", value=1), sink)
+    await pair.pump()
+    assert moved == [("s", 3)]
+    # B serves it itself (its registry sends it to daemon 3), once.
+    assert [(who, r.id) for who, r in b_service.served] == [("c1", 8)]  # type: ignore[attr-defined]
+    assert sink.replies == [p.Ok(id=8)]
+    assert pair.fwd[A].statistics()["remote_clients"] == 0
