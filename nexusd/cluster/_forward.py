@@ -9,7 +9,10 @@ the other daemon, `_remote`), whose sink (`_RemoteSink`) sends the reply, and
 for a subscription every event after it, back over the link.
 
 The owner serves one client's requests in the order they were sent (one
-queue per remote client), as a connection's own requests are.
+queue per remote client), as a connection's own requests are. A daemon that
+no longer has the session answers `MOVED` instead of forwarding the request
+on, and its sender sends it to the owner itself: a request is never relayed
+twice, so a late copy of one its sender gave up on is never served.
 
 Failures end cleanly, never silently:
 - the owner's lease lapses (it died) or the link to it fails: a request that
@@ -19,7 +22,11 @@ Failures end cleanly, never silently:
   each subscription through it is told `lagged` with the last `seq` it
   received, from which the client resumes on whichever daemon then owns the
   session;
-- a forwarding daemon goes away: the owner disconnects its clients;
+- a change missing between two others (a message the link lost) makes its
+  subscriber `lagged` too, as does an event Redis failed to take;
+- a forwarding daemon goes away (or is found gone: it may only have been
+  paused): the owner tells its clients' subscriptions `lagged` and
+  disconnects them;
 - a subscriber that cannot keep up here is told `lagged` here, and the owner
   stops sending it events.
 """
