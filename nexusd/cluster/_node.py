@@ -117,9 +117,9 @@ class ClusterNode:
     def owner_of(self, session_id: str, item: Envelope) -> int | None:
         """The daemon last found owning the session, unless it was found gone
         since. It may have let the session go meanwhile (hibernated): it then
-        takes it again to serve what it is sent, or forwards it on. A request
-        another daemon forwarded here is not sent on by memory but by what
-        Redis says (`acquire`): no two daemons send it round in a circle."""
+        takes it again to serve what it is sent, or sends it back (`MOVED`,
+        and this daemon learns the owner). None for a request another daemon
+        forwarded here: that one is served here or sent back, never on."""
         if self.forwarder.forwarded_here(item):
             return None
         owner = self._owners.get(session_id)
