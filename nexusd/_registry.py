@@ -225,6 +225,9 @@ class Registry:
     def _tombstone(self, session_id: str, reason: str) -> None:
         self._ended += 1
         self._ended_by[reason] += 1
+        self._remember_ended(session_id, reason)
+
+    def _remember_ended(self, session_id: str, reason: str) -> None:
         self._tombstones[session_id] = reason
         while len(self._tombstones) > TOMBSTONES:
             self._tombstones.popitem(last=False)
@@ -232,11 +235,10 @@ class Registry:
     async def _gone_anywhere(self, session_id: str) -> RequestError:
         """`_gone`, asking the store why the session ended if it ended on
         another daemon."""
-        reason = self._tombstones.get(session_id)
-        if reason is None:
+        if session_id not in self._tombstones:
             reason = await self._store.ended(session_id)
             if reason is not None:
-                self._tombstones[session_id] = reason
+                self._remember_ended(session_id, reason)
         return self._gone(session_id)
 
     def _gone(self, session_id: str) -> RequestError:
