@@ -357,12 +357,11 @@ class Config:
             raise ConfigError("lease, forward_timeout and replica_timeout must be above 0")
         if self.engine_replicas < 0:
             raise ConfigError("engine_replicas must be 0 or more")
-        if self.engine is not None and not self.engine.startswith(
-                ("redis://", "rediss://", "unix://")):
+        if self.engine is not None and not self.engine.startswith(("redis://", "rediss://")):
             scheme = self.engine.partition("://")[0] if "://" in self.engine else ""
             # Only the scheme: the rest may hold a password.
-            raise ConfigError("engine must be off or a Redis URL (redis://HOST:PORT/DB, "
-                              "rediss://…, unix://PATH), not "
+            raise ConfigError("engine must be off or a Redis URL (redis://HOST:PORT/DB or "
+                              "rediss://…), not "
                               + (f"{scheme}://…" if scheme else "that"))
         if self.read_timeout <= 0:
             raise ConfigError("read_timeout must be above 0")
