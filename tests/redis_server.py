@@ -41,17 +41,19 @@ class RedisServer:
     Args:
         options: command-line options of the server besides its port, bind
             address and directory.
+        password: the password clients must give (``requirepass``), if any.
         directory: where it keeps its files (a new temporary one by default,
             removed by `close`).
     """
 
     def __init__(self, options: Sequence[str] = DEFAULT_OPTIONS, *,
-                 directory: Path | None = None) -> None:
+                 directory: Path | None = None, password: str | None = None) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
         self.binary = binary
-        self.options = tuple(options)
+        self.password = password
+        self.options = tuple(options) + (("--requirepass", password) if password else ())
         self._own_dir = directory is None
         self.dir = Path(tempfile.mkdtemp(prefix="nx-redis-")) if directory is None else directory
         self.port = free_port()
@@ -95,6 +97,10 @@ class RedisServer:
         A server still loading its AOF answers -LOADING, which is no."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                if self.password:
+                    s.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:

@@ -177,3 +177,64 @@ async def ok_write(c: AsyncClient, session_id: str) -> bool:
     except Unavailable:
         return False
     return True
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1 it signed, with its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "redis.pem", directory / "redis.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_a_redis_over_tls_with_a_password_as_its_url_says(
+        tmp_path: Path, socket_dir: Path, redis_prefix: str) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    tls_port = free_port()
+    with RedisServer(("--appendonly", "yes", "--save", "", "--tls-port", str(tls_port),
+                      "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                      "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+                     password="s3cret") as server:
+        url = f"rediss://:s3cret@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
+        async with AsyncExitStack() as stack:
+            cluster = Cluster(tmp_path, socket_dir, url, redis_prefix, stack)
+            await cluster.start(2)
+            async with open_client(cluster.socket(0)) as a, open_client(cluster.socket(1)) as b:
+                info = await a.create_session()
+                b.set_token(info.session_id, info.token)
+                await b.set(info.session_id, "k", "over tls")
+                assert (await a.get(info.session_id, "k")).value == "over tls"
+        wrong = serve(tmp_path / "wrong", "--engine",
+                      f"redis://:nope@127.0.0.1:{server.port}/0")
+        assert wrong.returncode == 1
+        line = one_error_line(wrong)
+        assert f"cannot reach Redis at 127.0.0.1:{server.port}" in line
+        assert "nope" not in wrong.stderr
