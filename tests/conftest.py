@@ -30,16 +30,23 @@ def socket_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One `redis-server` (Redis 7, AOF on, fsync every second) for the whole
-    run; tests keep apart by key prefix (`redis_prefix`), never by FLUSHDB.
-    Skipped where redis-server is not installed, except in CI (`$CI` set),
-    where the Redis engine's tests must run."""
-    if redis_server_binary() is None:
+def redis_binary() -> str:
+    """The path of Debian's `redis-server` (Redis 7). Tests that need one are
+    skipped where it is not installed, except in CI (`$CI` set), where the
+    Redis engine's tests must run."""
+    binary = redis_server_binary()
+    if binary is None:
         reason = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}, and $CI is set: the Redis engine's tests must run")
         pytest.skip(reason)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_binary: str) -> Iterator[RedisServer]:
+    """One `redis-server` (Redis 7, AOF on, fsync every second) for the whole
+    run; tests keep apart by key prefix (`redis_prefix`), never by FLUSHDB."""
     with RedisServer() as server:
         yield server
 

@@ -23,7 +23,7 @@ from nexusd.store import KeyRing
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
+def own_redis(redis_binary: str) -> Iterator[RedisServer]:
     """A Redis of this test's own, fsyncing each write (it is killed)."""
     with RedisServer(("--appendonly", "yes", "--appendfsync", "always", "--save", "")) as r:
         yield r
@@ -115,7 +115,8 @@ def test_an_engine_that_is_not_redis_is_refused_as_a_setting(tmp_path: Path) -> 
     assert "pw@" not in result.stderr
 
 
-def test_a_redis_without_persistence_is_refused_unless_told_memory(tmp_path: Path) -> None:
+def test_a_redis_without_persistence_is_refused_unless_told_memory(tmp_path: Path,
+                                                                  redis_binary: str) -> None:
     with RedisServer(("--appendonly", "no", "--save", "")) as bare:
         result = serve(tmp_path, "--engine", bare.url)
         assert result.returncode == 1
@@ -216,7 +217,7 @@ def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
 
 
 async def test_a_redis_over_tls_with_a_password_as_its_url_says(
-        tmp_path: Path, socket_dir: Path, redis_prefix: str) -> None:
+        tmp_path: Path, socket_dir: Path, redis_prefix: str, redis_binary: str) -> None:
     ca, cert, key = _tls_files(tmp_path)
     tls_port = free_port()
     with RedisServer(("--appendonly", "yes", "--save", "", "--tls-port", str(tls_port),

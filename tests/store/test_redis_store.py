@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import coredis
 import pytest
 import trio
-from redis_server import RedisServer, free_port, redis_server_binary
+from redis_server import RedisServer, free_port
 from store_helpers import NOW, FakeWallClock, events, make_meta
 
 from nexusd.store import (
@@ -221,9 +221,7 @@ async def test_an_unreachable_redis_is_one_clear_line(keyring: KeyRing) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_without_aof() -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+def redis_without_aof(redis_binary: str) -> Iterator[RedisServer]:
     with RedisServer(("--appendonly", "no", "--save", "")) as server:
         yield server
 
@@ -262,9 +260,8 @@ async def test_each_open_takes_a_new_epoch(redis_server: RedisServer, keyring: K
                 await second.append(make_meta("s1"), events(1, 1))
 
 
-async def test_acknowledged_appends_survive_kill_9_of_redis(keyring: KeyRing) -> None:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+async def test_acknowledged_appends_survive_kill_9_of_redis(keyring: KeyRing,
+                                                           redis_binary: str) -> None:
     with RedisServer(("--appendonly", "yes", "--appendfsync", "always", "--save", "")) as srv:
         store = await open_redis_store(srv.url, durability="power", keyring=keyring,
                                        retention_events=5, clock=FakeWallClock())
