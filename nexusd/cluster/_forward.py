@@ -52,6 +52,7 @@ from nexus_protocol import (
     Lagged,
     Limits,
     Message,
+    RemoteProtocolError,
     SessionRequest,
     decode_body,
     encode_body,
@@ -450,7 +451,12 @@ class Forwarder:
     def _request(self, sender: int, fid: int, client: str, about: list[Any],
                  body: bytes) -> None:
         key = (sender, client)
-        request = decode_body(body, self._limits)
+        try:
+            request = decode_body(body, self._limits)
+        except RemoteProtocolError as exc:  # this daemon's limits are stricter
+            self._link.send(sender, [REP, fid, encode_body(Error(
+                id=exc.request_id, code=exc.code.value, message=exc.message)), None])
+            return
         assert isinstance(request, SessionRequest)
         principal = self._remote.get(key)
         if principal is None:

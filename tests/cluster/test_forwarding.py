@@ -346,3 +346,13 @@ async def test_a_request_for_a_session_that_moved_is_sent_back_not_on(pair: Pair
     assert [(who, r.id) for who, r in b_service.served] == [("c1", 8)]  # type: ignore[attr-defined]
     assert sink.replies == [p.Ok(id=8)]
     assert pair.fwd[A].statistics()["remote_clients"] == 0
+
+
+async def test_a_request_the_owners_limits_refuse_is_answered_not_dropped(pair: Pair) -> None:
+    pair.fwd[A]._limits = Limits(max_key=8)  # the owner runs with a lower --max-key
+    sink = Sink()
+    pair.forward(client(), p.Set(id=6, session_id="s", key="a-rather-long-key", value=1), sink)
+    await pair.pump()
+    error, = sink.replies
+    assert isinstance(error, p.Error) and error.code == "bad_request" and error.id == 6
+    assert pair.owner.served == [] and pair.fwd[B].statistics()["waiting"] == 0
