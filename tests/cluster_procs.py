@@ -8,8 +8,10 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-# `nexusd serve` as a subprocess (tests/durability/daemon_process.py).
+# `nexusd serve` as a subprocess (tests/durability/daemon_process.py), and the
+# daemon tests' raw protocol and HTTP clients (tests/daemon/).
 sys.path.insert(0, str(Path(__file__).resolve().parent / "durability"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "daemon"))
 
 from daemon_process import DaemonProcess
 

@@ -4,13 +4,16 @@ carries on when its daemon dies, and a former owner can never write."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import coredis
+import httpx
 import nexus_protocol as p
 import pytest
 import trio
 from cluster_procs import Cluster
 from daemon_process import wait_until
+from http_client import open_events
 from nexus_client import (
     AsyncClient,
     Conflict,
@@ -20,6 +23,7 @@ from nexus_client import (
     WriteResult,
     open_client,
 )
+from redis_server import free_port
 
 
 async def collect(client: AsyncClient, session_id: str, into: list[int],
@@ -315,3 +319,28 @@ async def test_a_daemon_never_shares_an_epoch_with_a_live_one(cluster: Cluster) 
         b.set_token(info.session_id, info.token)
         await b.set(info.session_id, "k", "through daemon 1")  # forwarded, not its own
         assert (await a.get(info.session_id, "k")).value == "through daemon 1"
+
+
+async def test_http_on_any_daemon_reads_writes_and_streams_a_session_owned_by_another(
+        cluster: Cluster) -> None:
+    port = free_port()
+    await cluster.start(1)
+    await cluster.start(1, "--http", f"127.0.0.1:{port}")
+    async with open_client(cluster.socket(0)) as owner, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        info = await owner.create_session()
+        auth = {"Authorization": f"Bearer {info.token}"}
+        put = await http.put(f"/sessions/{info.session_id}/data/k", json=1,
+                             headers=auth)
+        assert put.status_code == 200, put.text
+        assert (await owner.get(info.session_id, "k")).value == 1
+        # An event stream of daemon 1 sees a change written on daemon 0.
+        async with open_events(SimpleNamespace(http_port=port), info.session_id,  # type: ignore[arg-type]
+                               info.token) as events:
+            assert (await events.next()).event == "snapshot"  # type: ignore[union-attr]
+            await owner.set(info.session_id, "k", 2)
+            change = await events.next()
+            assert change is not None and change.event == "change"
+            assert (change.data["seq"], change.data["value"]) == (2, 2)
+        got = await http.get(f"/sessions/{info.session_id}/data/k", headers=auth)
+        assert got.status_code == 200 and got.json()["value"] == 2
