@@ -71,6 +71,22 @@ class _DaemonCollector(Collector):
         yield ended
         yield GaugeMetricFamily("nexusd_uptime_seconds", "Seconds since the daemon started",
                                 value=f["uptime_seconds"])
+        cluster = f.get("cluster")
+        if cluster:  # with the Redis engine
+            for name, key, text in (
+                    ("nexusd_cluster_forwarded", "forwarded",
+                     "Requests sent to the daemon that owns their session"),
+                    ("nexusd_cluster_served_for_others", "served_for_others",
+                     "Requests other daemons forwarded here and served here"),
+                    ("nexusd_cluster_failed", "failed",
+                     "Forwarded requests answered unavailable (their owner went away)")):
+                yield CounterMetricFamily(name, text, value=cluster[key])
+            yield GaugeMetricFamily("nexusd_cluster_remote_subscriptions",
+                                    "Subscriptions served here for other daemons' clients",
+                                    value=cluster["remote_subscriptions"])
+            yield GaugeMetricFamily("nexusd_cluster_reaper", "1 while this daemon looks for "
+                                    "dormant sessions past their deadline (one at a time)",
+                                    value=int(cluster["reaper"]))
 
 
 class Metrics:

@@ -344,3 +344,7 @@ async def test_http_on_any_daemon_reads_writes_and_streams_a_session_owned_by_an
             assert (change.data["seq"], change.data["value"]) == (2, 2)
         got = await http.get(f"/sessions/{info.session_id}/data/k", headers=auth)
         assert got.status_code == 200 and got.json()["value"] == 2
+        metrics = await http.get("/metrics")
+        forwarded = [line for line in metrics.text.splitlines()
+                     if line.startswith("nexusd_cluster_forwarded_total ")]
+        assert forwarded and float(forwarded[0].split()[1]) >= 3  # put, attach, get
