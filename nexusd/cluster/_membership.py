@@ -130,9 +130,6 @@ class Membership:
                 log.info("cluster: daemon %d is gone (its lease lapsed)", epoch)
                 self._gone(epoch)
 
-    async def alive(self, epoch: int) -> bool:
-        return bool(await self._client.exists([self.live_key(epoch)]))
-
     async def leave(self) -> None:
         """Gives up the lease (and the reaper's): the others take over at once."""
         me = str(self.epoch)
