@@ -150,6 +150,7 @@ class Link:
 
     async def _write(self) -> None:
         stats = self.statistics
+        lost = 0  # messages lost since the last that went out (logged once)
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -168,11 +169,16 @@ class Link:
                                    for channel, message in messages]
                     received = [await result for result in pending]
             except Exception as exc:  # Redis unreachable: the frames may be lost
-                log.warning("link: %d messages to other daemons lost: %s", len(batches), exc)
+                if not lost:
+                    log.warning("link: messages to other daemons are lost: %s", exc)
+                lost += len(batches)
                 for to, frames in batches:  # the daemons may well be alive
                     self._lost(to, frames)
                 await trio.sleep(_RESUBSCRIBE_AFTER)
                 continue
+            if lost:
+                log.warning("link: sending again; %d messages were lost", lost)
+                lost = 0
             for (to, frames), n in zip(batches, received, strict=True):
                 if n == 0:
                     stats.refused += 1
@@ -184,6 +190,7 @@ class Link:
                     ) -> None:
         channel = self.channel(self.epoch)
         first = True
+        cut = False  # the subscription is lost (logged once until it is back)
         while True:
             try:
                 async with self._client.pubsub(channels=[channel], retry_policy=None,
@@ -195,6 +202,7 @@ class Link:
                         self.statistics.resets += 1
                         log.warning("link: subscribed again to %s; what other daemons "
                                     "sent meanwhile is lost", channel)
+                        cut = False
                         self._reset()
                     async for message in pubsub:
                         if message.get("type") == "message":
@@ -202,7 +210,9 @@ class Link:
             except Exception as exc:
                 if first:
                     raise
-                log.warning("link: lost the subscription to %s: %s", channel, exc)
+                if not cut:
+                    log.warning("link: lost the subscription to %s: %s", channel, exc)
+                cut = True
                 await trio.sleep(_RESUBSCRIBE_AFTER)
 
     def _number(self, to: int) -> int:
