@@ -40,6 +40,13 @@ _PURPOSE: Final = "link"
 _RESUBSCRIBE_AFTER: Final = 0.2
 
 
+def _why(exc: BaseException) -> str:
+    """What went wrong, for the log: the first error inside exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
 class LinkSeal:
     """Seals and opens link messages with keys derived from a key ring,
     bound to the cluster (`prefix`) and the daemon a message is for."""
@@ -170,7 +177,7 @@ class Link:
                     received = [await result for result in pending]
             except Exception as exc:  # Redis unreachable: the frames may be lost
                 if not lost:
-                    log.warning("link: messages to other daemons are lost: %s", exc)
+                    log.warning("link: messages to other daemons are lost: %s", _why(exc))
                 lost += len(batches)
                 for to, frames in batches:  # the daemons may well be alive
                     self._lost(to, frames)
@@ -211,7 +218,7 @@ class Link:
                 if first:
                     raise
                 if not cut:
-                    log.warning("link: lost the subscription to %s: %s", channel, exc)
+                    log.warning("link: lost the subscription to %s: %s", channel, _why(exc))
                 cut = True
                 await trio.sleep(_RESUBSCRIBE_AFTER)
 
