@@ -310,8 +310,9 @@ class Daemon:
 
     def _workflows(self, service: SessionService) -> Workflows:
         config = self.config
-        # The index of runs in flight lives beside a store on disk.
-        on_disk = self.store.keys is not None
+        # The index of runs in flight lives beside a store on disk, or in the
+        # data directory of a daemon of a cluster (its runs are its own).
+        on_disk = self.store.keys is not None or self.cluster is not None
         return Workflows(call=service.call, policy=RunPolicy(
             attempts=config.run_attempts, wait=config.run_wait, lease=config.run_lease,
             timeout=config.run_timeout, backoff=config.run_backoff,

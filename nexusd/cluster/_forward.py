@@ -38,7 +38,7 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import msgpack
@@ -60,6 +60,7 @@ from nexus_protocol import (
 
 from .._limits import Peer
 from .._principal import Principal, ReplySink
+from ..session._commands import ReadRuns, RecordRun
 from ..session._mailbox import Envelope
 from ._link import Link
 
@@ -68,7 +69,9 @@ __all__ = ["Forwarder", "Service"]
 log = logging.getLogger("nexusd.cluster")
 
 # Frame kinds. A frame is a list: its kind, then its fields.
-#: forwarding -> owner: [REQ, fid, connection id, principal, request body]
+#: forwarding -> owner: [REQ, fid, connection id, principal, request body,
+#: internal: the tag of a request of the daemon's own (see `_INTERNAL`), whose
+#: body is its fields, or False for a wire message]
 REQ: Final = 0
 #: owner -> forwarding: [REP, fid, reply body, scope the principal holds or None]
 REP: Final = 1
@@ -84,6 +87,27 @@ MOVED: Final = 5
 
 #: How long a daemon found gone is remembered as gone (its lease lapses sooner).
 _DEAD_FOR: Final = 60.0
+
+
+#: The daemon's own session requests, which no client sends (the workflows
+#: engine journals and reads runs with them): not wire messages, so the link
+#: carries their fields as they are.
+_INTERNAL: Final = {cls.TAG: cls for cls in (RecordRun, ReadRuns)}
+
+
+def _decode_internal(tag: str, body: bytes) -> Message:
+    """The internal request `tag` from its fields (see `_INTERNAL`).
+
+    Raises:
+        RemoteProtocolError: no such internal request, or not its fields.
+    """
+    cls = _INTERNAL.get(tag)
+    try:
+        if cls is None:
+            raise TypeError(tag)
+        return cls(**msgpack.unpackb(body, raw=False))
+    except TypeError:
+        raise RemoteProtocolError(f"not an internal request: {tag!r}") from None
 
 
 def _change_seq(body: bytes) -> int | None:
@@ -251,8 +275,11 @@ class Forwarder:
         peer = principal.peer
         about = [principal.channel, principal.client, principal.admin, peer.name,
                  peer.network, peer.loopback, principal.may_create, principal.grants.get(sid)]
-        body = encode_body(request)
-        self._link.send(owner, [REQ, fid, principal.connection_id, about, body], len(body))
+        internal = request.TAG if request.TAG in _INTERNAL else False
+        body = (msgpack.packb(attrs.asdict(request, recurse=False), use_bin_type=True)
+                if internal else encode_body(request))
+        self._link.send(owner, [REQ, fid, principal.connection_id, about, body, internal],
+                        len(body))
         self.forwarded += 1
 
     @staticmethod
@@ -438,7 +465,7 @@ class Forwarder:
         elif kind == REP:
             self._replied(frame[1], frame[2], frame[3])
         elif kind == REQ:
-            self._request(sender, frame[1], frame[2], frame[3], frame[4])
+            self._request(sender, frame[1], frame[2], frame[3], frame[4], frame[5])
         elif kind == BYE:
             self._bye((sender, frame[1]))
         elif kind == MOVED:
@@ -449,10 +476,11 @@ class Forwarder:
                 sink.dead = True
 
     def _request(self, sender: int, fid: int, client: str, about: list[Any],
-                 body: bytes) -> None:
+                 body: bytes, internal: str | Literal[False]) -> None:
         key = (sender, client)
         try:
-            request = decode_body(body, self._limits)
+            request = (_decode_internal(internal, body) if internal
+                       else decode_body(body, self._limits))
         except RemoteProtocolError as exc:  # this daemon's limits are stricter
             self._link.send(sender, [REP, fid, encode_body(Error(
                 id=exc.request_id, code=exc.code.value, message=exc.message)), None])

@@ -18,10 +18,13 @@ from nexus_client import (
     AsyncClient,
     Conflict,
     ConnectionLost,
+    RunContext,
     SessionExpired,
     Unavailable,
+    Worker,
     WriteResult,
     open_client,
+    steps,
 )
 from redis_server import free_port
 
@@ -348,3 +351,26 @@ async def test_http_on_any_daemon_reads_writes_and_streams_a_session_owned_by_an
         forwarded = [line for line in metrics.text.splitlines()
                      if line.startswith("nexusd_cluster_forwarded_total ")]
         assert forwarded and float(forwarded[0].split()[1]) >= 3  # put, attach, get
+
+
+async def test_a_workflow_runs_from_a_daemon_that_does_not_own_its_session(
+        cluster: Cluster) -> None:
+    async def step(ctx: RunContext, inputs: dict[str, object], data: dict[str, object]
+                   ) -> dict[str, object]:
+        return {f"step_{len(data) + 1}": inputs["data"]}
+
+    await cluster.start(2)
+    worker = Worker({"two-steps": steps(step, step)})
+    async with open_client(cluster.socket(0)) as owner, \
+            open_client(cluster.socket(1)) as runner, \
+            open_client(cluster.socket(1), channel="worker") as wclient, \
+            trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: worker.serve(wclient, task_status=task_status))
+        info = await owner.create_session()  # owned by daemon 0
+        runner.set_token(info.session_id, info.token)
+        with trio.fail_after(20):
+            result = await runner.run_and_wait(info.session_id, "two-steps", {"data": "x"})
+        assert (result.status, result.result) == ("completed", {"step_1": "x", "step_2": "x"})
+        # Every step is journaled in the session, on its owner.
+        assert (await owner.get(info.session_id, "progress")).value == 100.0
+        nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ from nexus_protocol import Limits, Message, decode_body, encode_body
 
 from nexusd._principal import Principal, ReplySink
 from nexusd.cluster import Forwarder
+from nexusd.session._commands import RecordRun
 from nexusd.session._mailbox import Envelope
 
 A, B = 1, 2  # A owns the session; B's clients reach it through B
@@ -356,3 +357,13 @@ async def test_a_request_the_owners_limits_refuse_is_answered_not_dropped(pair: 
     error, = sink.replies
     assert isinstance(error, p.Error) and error.code == "bad_request" and error.id == 6
     assert pair.owner.served == [] and pair.fwd[B].statistics()["waiting"] == 0
+
+
+async def test_the_daemons_own_requests_cross_the_link_as_they_are(pair: Pair) -> None:
+    sink = Sink()
+    record = {"run_id": "run-1", "event": "progress", "step": 2}
+    pair.forward(client(), RecordRun(id=3, session_id="s", record=record), sink)
+    await pair.pump()
+    (_, request), = pair.owner.served
+    assert request == RecordRun(id=3, session_id="s", record=record)
+    assert sink.replies == [p.Ok(id=3)]
