@@ -367,14 +367,22 @@ class Registry:
         sid = actor.session_id
         if sid in self._actors or sid in self._activating:
             return
-        done = self._activating[sid] = trio.Event()
+        with self._claimed(sid):
+            try:
+                with trio.move_on_after(5):
+                    await self._cluster.release(sid)
+            except Exception as exc:  # its owner stays this daemon until it stops
+                log.warning("session %s: cannot release it to other daemons: %s", sid, exc)
+
+    @contextlib.contextmanager
+    def _claimed(self, session_id: str) -> Iterator[None]:
+        """Marks the session as being activated (or let go, or expired) by
+        the caller: `actor_for` waits for it to finish."""
+        done = self._activating[session_id] = trio.Event()
         try:
-            with trio.move_on_after(5):
-                await self._cluster.release(sid)
-        except Exception as exc:  # its owner stays this daemon until it stops
-            log.warning("session %s: cannot release it to other daemons: %s", sid, exc)
+            yield
         finally:
-            del self._activating[sid]
+            del self._activating[session_id]
             done.set()
 
     def _watch_quiet(self, actor: SessionActor, due: float) -> None:
@@ -450,12 +458,8 @@ class Registry:
             if pending is None:
                 break
             await pending.wait()
-        done = self._activating[session_id] = trio.Event()
-        try:
+        with self._claimed(session_id):
             return await self._activate(session_id)
-        finally:
-            del self._activating[session_id]
-            done.set()
 
     async def _activate(self, session_id: str) -> SessionActor:
         if session_id in self._tombstones:
@@ -541,8 +545,7 @@ class Registry:
         sid = meta.session_id
         if sid in self._actors or sid in self._activating:
             return "active"
-        done = self._activating[sid] = trio.Event()
-        try:
+        with self._claimed(sid):
             if self._cluster is not None \
                     and await self._cluster.acquire(sid) != self._cluster.epoch:
                 return "kept"  # gone, or active on another daemon: its actor decides
@@ -562,9 +565,6 @@ class Registry:
             self._tombstone(sid, reason)
             log.info("session %s expired while dormant (%s)", sid, reason)
             return "expired"
-        finally:
-            del self._activating[sid]
-            done.set()
 
     def let_go(self) -> None:
         """This daemon's cluster lease lapsed (it was paused, or cut off from
